@@ -1,0 +1,4 @@
+pub mod clock;
+pub mod domain;
+pub mod model;
+pub mod preprocess;

@@ -1,0 +1,200 @@
+//! One TensorFlow session running MobileNet: load (frozen graph or SavedModel), run a batch.
+//! Not thread-safe by design: exactly one inference thread owns it (see `worker.rs`).
+use std::path::{Path, PathBuf};
+use tensorflow::{
+    Graph, ImportGraphDefOptions, Operation, SavedModelBundle, Session, SessionOptions,
+    SessionRunArgs, Status, Tensor,
+};
+
+use super::embedded;
+
+/// Pixels per image the model takes: 224 x 224 x RGB.
+pub const INPUT_LEN: usize = crate::preprocess::SIDE * crate::preprocess::SIDE * 3;
+
+/// Where the graph comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The embedded frozen GraphDef, imported straight from memory (the default: fastest, see readme).
+    EmbeddedFrozenGraph,
+    /// The embedded SavedModel, written to a private temp dir and loaded from there.
+    EmbeddedSavedModel,
+    /// A SavedModel directory (has `saved_model.pb`) or a frozen GraphDef file / directory holding
+    /// `frozen_graph.pb`, on disk.
+    Path(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("loading the model failed: {0}")]
+    Load(String),
+    #[error("running the model failed: {0}")]
+    Run(String),
+}
+
+fn load_err(context: &str) -> impl Fn(Status) -> EngineError + '_ {
+    move |s| EngineError::Load(format!("{context}: {s}"))
+}
+
+/// TF intra-/inter-op thread counts; 0 lets TensorFlow choose (all cores).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads {
+    pub intra_op: u32,
+    pub inter_op: u32,
+}
+
+impl Threads {
+    /// A serialized `tensorflow.ConfigProto` holding only the two thread counts (fields 2 and 5,
+    /// both varints); hand-encoded because the crate has no ConfigProto builder.
+    fn config_proto(self) -> Vec<u8> {
+        fn varint(mut v: u64, out: &mut Vec<u8>) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        let mut proto = Vec::new();
+        for (tag, value) in [(0x10, self.intra_op), (0x28, self.inter_op)] {
+            if value > 0 {
+                proto.push(tag);
+                varint(u64::from(value), &mut proto);
+            }
+        }
+        proto
+    }
+}
+
+pub struct Engine {
+    session: Session,
+    input: Operation,
+    input_index: i32,
+    output: Operation,
+    output_index: i32,
+    /// Keeps the graph alive for as long as the session and operations refer to it.
+    _graph: Graph,
+}
+
+impl Engine {
+    pub fn load(source: &ModelSource, threads: Threads) -> Result<Self, EngineError> {
+        let mut options = SessionOptions::new();
+        options
+            .set_config(&threads.config_proto())
+            .map_err(load_err("session options"))?;
+        match source {
+            ModelSource::EmbeddedFrozenGraph => {
+                Self::from_frozen(&embedded::frozen_graph(), &options)
+            }
+            ModelSource::EmbeddedSavedModel => {
+                // TF reads the variables while loading, so the directory can go right after.
+                let dir = tempfile::tempdir().map_err(|e| EngineError::Load(e.to_string()))?;
+                embedded::write_saved_model(dir.path())
+                    .map_err(|e| EngineError::Load(format!("extracting the SavedModel: {e}")))?;
+                Self::from_saved_model(dir.path(), &options)
+            }
+            ModelSource::Path(path) if path.join("saved_model.pb").is_file() => {
+                Self::from_saved_model(path, &options)
+            }
+            ModelSource::Path(path) => {
+                let file = if path.is_dir() {
+                    path.join("frozen_graph.pb")
+                } else {
+                    path.clone()
+                };
+                let bytes = std::fs::read(&file).map_err(|e| {
+                    EngineError::Load(format!(
+                        "{}: {e} (expected a SavedModel directory or a frozen GraphDef)",
+                        file.display()
+                    ))
+                })?;
+                Self::from_frozen(&bytes, &options)
+            }
+        }
+    }
+
+    /// Frozen GraphDef convention (Keras export): input `input_1:0`, output `Identity:0`.
+    fn from_frozen(bytes: &[u8], options: &SessionOptions) -> Result<Self, EngineError> {
+        let mut graph = Graph::new();
+        graph
+            .import_graph_def(bytes, &ImportGraphDefOptions::new())
+            .map_err(load_err("importing the GraphDef"))?;
+        let session = Session::new(options, &graph).map_err(load_err("creating the session"))?;
+        let input = graph
+            .operation_by_name_required("input_1")
+            .map_err(load_err("frozen graph input"))?;
+        let output = graph
+            .operation_by_name_required("Identity")
+            .map_err(load_err("frozen graph output"))?;
+        Ok(Self {
+            session,
+            input,
+            input_index: 0,
+            output,
+            output_index: 0,
+            _graph: graph,
+        })
+    }
+
+    /// SavedModel: tag `serve`, signature `serving_default`, its single input and output.
+    fn from_saved_model(dir: &Path, options: &SessionOptions) -> Result<Self, EngineError> {
+        let mut graph = Graph::new();
+        let bundle = SavedModelBundle::load(options, ["serve"], &mut graph, dir)
+            .map_err(load_err("loading the SavedModel"))?;
+        let signature = bundle
+            .meta_graph_def()
+            .get_signature("serving_default")
+            .map_err(load_err("SavedModel signature"))?;
+        let only = |map: &std::collections::HashMap<String, tensorflow::TensorInfo>, what: &str| {
+            let mut infos = map.values();
+            match (infos.next(), infos.next()) {
+                (Some(info), None) => Ok(info.name().clone()),
+                _ => Err(EngineError::Load(format!(
+                    "serving_default must have exactly one {what}, it has {}",
+                    map.len()
+                ))),
+            }
+        };
+        let input_name = only(signature.inputs(), "input")?;
+        let output_name = only(signature.outputs(), "output")?;
+        let input = graph
+            .operation_by_name_required(&input_name.name)
+            .map_err(load_err("SavedModel input"))?;
+        let output = graph
+            .operation_by_name_required(&output_name.name)
+            .map_err(load_err("SavedModel output"))?;
+        Ok(Self {
+            session: bundle.session,
+            input,
+            input_index: input_name.index,
+            output,
+            output_index: output_name.index,
+            _graph: graph,
+        })
+    }
+
+    /// Runs `n` images (`inputs.len() == n * INPUT_LEN`, scaled to [-1, 1]); returns the `[n, classes]`
+    /// softmax output row-major, and the class count.
+    pub fn run(&self, inputs: &[f32], n: usize) -> Result<(Vec<f32>, usize), EngineError> {
+        debug_assert_eq!(inputs.len(), n * INPUT_LEN);
+        let side = crate::preprocess::SIDE as u64;
+        let tensor = Tensor::new(&[n as u64, side, side, 3])
+            .with_values(inputs)
+            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let mut args = SessionRunArgs::new();
+        args.add_feed(&self.input, self.input_index, &tensor);
+        let fetch = args.request_fetch(&self.output, self.output_index);
+        self.session
+            .run(&mut args)
+            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let out: Tensor<f32> = args
+            .fetch(fetch)
+            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let dims = out.dims();
+        if dims.len() != 2 || dims[0] != n as u64 {
+            return Err(EngineError::Run(format!(
+                "unexpected output shape {dims:?}"
+            )));
+        }
+        let classes = dims[1] as usize;
+        Ok((out.to_vec(), classes))
+    }
+}

@@ -1,0 +1,140 @@
+//! MobileNet behind a handle: load (embedded or from disk), warm up, classify on the inference thread.
+mod embedded;
+mod engine;
+mod labels;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use engine::{Engine, EngineError, ModelSource, Threads, INPUT_LEN};
+pub use labels::{Labels, LabelsError};
+pub use worker::{Batching, InferError, InferenceHandle, Probabilities};
+
+use crate::domain::Classification;
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub source: ModelSource,
+    /// A labels file in `imagenet_class_index.json` form; `None` uses the embedded one.
+    pub labels: Option<PathBuf>,
+    pub threads: Threads,
+    pub batching: Batching,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("labels {path}: {source}")]
+    Labels { path: String, source: LabelsError },
+    #[error("reading labels {path}: {source}")]
+    LabelsIo {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the model has {classes} outputs but the labels file has {labels} entries")]
+    LabelCount { classes: usize, labels: usize },
+    #[error("starting the inference thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The model, warmed up and running on its own thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Classifier {
+    handle: InferenceHandle,
+    labels: std::sync::Arc<Labels>,
+}
+
+impl Classifier {
+    /// Loads the model and labels, checks they agree, and runs the model once per batch size it
+    /// will see first (TF's first run of a shape costs hundreds of ms), so the first user request
+    /// is as fast as the rest. Blocking: call before serving.
+    pub fn load(config: &ModelConfig) -> Result<Self, ModelError> {
+        let started = Instant::now();
+        let engine = Engine::load(&config.source, config.threads)?;
+        let labels = read_labels(config.labels.as_ref())?;
+        let loaded = started.elapsed();
+        let max_batch = config.batching.max_batch.max(1);
+        let mut warm_sizes = vec![1];
+        if max_batch > 1 {
+            warm_sizes.push(max_batch);
+        }
+        for n in warm_sizes {
+            let (_, classes) = engine.run(&vec![0.0; n * INPUT_LEN], n)?;
+            if classes != labels.len() {
+                return Err(ModelError::LabelCount {
+                    classes,
+                    labels: labels.len(),
+                });
+            }
+        }
+        tracing::info!(
+            source = ?config.source,
+            classes = labels.len(),
+            load_ms = loaded.as_millis() as u64,
+            warmup_ms = (started.elapsed() - loaded).as_millis() as u64,
+            "model ready"
+        );
+        let handle = InferenceHandle::spawn(engine, config.batching).map_err(ModelError::Thread)?;
+        Ok(Self {
+            handle,
+            labels: std::sync::Arc::new(labels),
+        })
+    }
+
+    /// The full softmax output for one preprocessed image.
+    pub async fn probabilities(&self, input: Box<[f32]>) -> Result<Probabilities, InferError> {
+        self.handle.infer(input).await
+    }
+
+    /// The top-1 class and its probability.
+    pub async fn classify(&self, input: Box<[f32]>) -> Result<Classification, InferError> {
+        let probs = self.probabilities(input).await?;
+        Ok(self.top1(&probs))
+    }
+
+    pub fn top1(&self, probs: &[f32]) -> Classification {
+        let (index, confidence) =
+            probs
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
+                    if p > best.1 {
+                        (i, p)
+                    } else {
+                        best
+                    }
+                });
+        Classification {
+            // Load checked the label count equals the output width.
+            label: self.labels.get(index).unwrap_or("unknown").to_owned(),
+            confidence,
+        }
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+}
+
+fn read_labels(path: Option<&PathBuf>) -> Result<Labels, ModelError> {
+    match path {
+        None => Labels::from_json(&embedded::labels_json()).map_err(|source| ModelError::Labels {
+            path: "(embedded)".into(),
+            source,
+        }),
+        Some(path) => {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|source| ModelError::LabelsIo {
+                path: shown.clone(),
+                source,
+            })?;
+            Labels::from_json(&bytes).map_err(|source| ModelError::Labels {
+                path: shown,
+                source,
+            })
+        }
+    }
+}
