@@ -119,3 +119,22 @@ mod tests {
         );
     }
 }
+
+/// The answer's wire form, the brief's contract: every value is a string, confidence and seconds
+/// with 3 decimals (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ClassifyResponse {
+    pub classification: String,
+    pub confidence: String,
+    pub processing_time: String,
+}
+
+impl ClassifyResponse {
+    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
+        Self {
+            classification: classification.label.clone(),
+            confidence: format!("{:.3}", classification.confidence),
+            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
+        }
+    }
+}

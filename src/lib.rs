@@ -1,4 +1,27 @@
+//! classifier-api: classifies the image behind a URL with MobileNet run by TensorFlow.
+//!
+//! # Layout
+//! - `config`: flags and `CLASSIFIER_*` environment variables.
+//! - `startup`: builds the application (model, fetcher, listener) and serves until stopped.
+//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error.
+//! - `error`: the single table from failure to HTTP status and stable error code.
+//! - `state`: what handlers share; `pipeline`: fetch -> preprocess -> infer.
+//! - `fetch` + `net_policy`: downloads untrusted URLs safely (no private destinations, size and
+//!   time limits, redirects checked hop by hop).
+//! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1].
+//! - `model`: the TensorFlow session on its own thread, with dynamic batching.
+//! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
 pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod error;
+pub mod fetch;
+pub mod http;
 pub mod model;
+pub mod net_policy;
+pub mod pipeline;
 pub mod preprocess;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

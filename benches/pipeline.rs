@@ -1,0 +1,185 @@
+//! One run, every figure with its anchor (`cargo bench --bench pipeline`):
+//! - model only: frozen graph vs SavedModel, batch 1 and batch 8;
+//! - decode + resize per photo size;
+//! - end to end over loopback (a new URL per request, so nothing is cached): p50/p99 and images/s at
+//!   concurrency 1 and 8, and the c=1 p50 as a ratio to (model batch-1 + decode/resize).
+use clap::Parser;
+use classifier_api::config::{Cli, Settings};
+use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
+use classifier_api::preprocess::{self, DecodeLimits, ResizeFilter};
+use classifier_api::startup::Application;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use warp::Filter;
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/shared"))
+}
+
+/// Median and 99th percentile of the samples, in ms.
+fn p50_p99(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn time_ms(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f(); // warm
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn model_only() -> f64 {
+    let input = vec![0.1f32; 8 * INPUT_LEN];
+    let mut frozen_b1 = 0.0;
+    for (name, source) in [
+        ("frozen graph", ModelSource::EmbeddedFrozenGraph),
+        ("SavedModel", ModelSource::EmbeddedSavedModel),
+    ] {
+        let load = Instant::now();
+        let engine = Engine::load(&source, Threads::default()).unwrap();
+        let load_ms = load.elapsed().as_secs_f64() * 1e3;
+        let (b1, _) = p50_p99(time_ms(60, || {
+            engine.run(&input[..INPUT_LEN], 1).unwrap();
+        }));
+        let (b8, _) = p50_p99(time_ms(15, || {
+            engine.run(&input, 8).unwrap();
+        }));
+        println!(
+            "model {name:>12}: load {load_ms:6.1} ms | batch 1 p50 {b1:5.2} ms ({:5.1} img/s) | batch 8 p50 {b8:6.2} ms ({:5.1} img/s)",
+            1e3 / b1,
+            8e3 / b8
+        );
+        if source == ModelSource::EmbeddedFrozenGraph {
+            frozen_b1 = b1;
+        }
+    }
+    frozen_b1
+}
+
+fn decode_resize() -> f64 {
+    let limits = DecodeLimits {
+        max_pixels: 50_000_000,
+        max_alloc_bytes: 400_000_000,
+    };
+    let mut out = vec![0.0f32; INPUT_LEN];
+    let mut bmp_ms = 0.0;
+    for file in [
+        "cat.bmp",
+        "cat_720p.jpg",
+        "cat_1080p.jpg",
+        "kite_and_cold.jpg",
+    ] {
+        let bytes = std::fs::read(fixtures().join("images").join(file)).unwrap();
+        for filter in [ResizeFilter::Nearest, ResizeFilter::Bilinear] {
+            let (p50, _) = p50_p99(time_ms(30, || {
+                preprocess::preprocess(&bytes, &limits, filter, &mut out).unwrap();
+            }));
+            println!("decode+resize {file:>18} {filter:>8}: p50 {p50:6.2} ms");
+            if file == "cat.bmp" && filter == ResizeFilter::Nearest {
+                bmp_ms = p50;
+            }
+        }
+    }
+    bmp_ms
+}
+
+/// Serves cat.bmp (512x341) under any path, so every request can use a new URL.
+async fn image_server() -> std::net::SocketAddr {
+    let bytes = bytes::Bytes::from(std::fs::read(fixtures().join("images/cat.bmp")).unwrap());
+    let route = warp::any().map(move || warp::http::Response::new(bytes.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
+async fn end_to_end(
+    concurrency: usize,
+    requests: usize,
+    app: &str,
+    images: std::net::SocketAddr,
+    seq: &AtomicUsize,
+) -> (f64, f64, f64) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let endpoint = format!("http://{app}/classify-image");
+    let started = Instant::now();
+    let per_worker = requests / concurrency;
+    let workers = (0..concurrency).map(|_| {
+        let (client, endpoint) = (client.clone(), endpoint.clone());
+        let ids: Vec<usize> = (0..per_worker)
+            .map(|_| seq.fetch_add(1, Ordering::Relaxed))
+            .collect();
+        tokio::spawn(async move {
+            let mut ms = Vec::with_capacity(ids.len());
+            for id in ids {
+                let body =
+                    serde_json::json!({ "image_url": format!("http://{images}/cat-{id}.bmp") });
+                let t = Instant::now();
+                let response = client.post(&endpoint).json(&body).send().await.unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            ms
+        })
+    });
+    let mut all = Vec::new();
+    for w in futures_util::future::join_all(workers).await {
+        all.extend(w.unwrap());
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let (p50, p99) = p50_p99(all);
+    (p50, p99, rate)
+}
+
+fn settings(data_dir: &Path) -> Settings {
+    Cli::try_parse_from([
+        "classifier-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-private-networks",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .unwrap()
+    .settings
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches in test mode; keep that quick.
+    let quick =
+        std::env::args().any(|a| a == "--test") || std::env::var_os("BENCH_QUICK").is_some();
+    let model_b1 = model_only();
+    let decode = decode_resize();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let data_dir = tempfile::tempdir().unwrap();
+        let app = Application::build(settings(data_dir.path())).await.unwrap();
+        let addr = app.addr().to_string();
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        let images = image_server().await;
+        let seq = Arc::new(AtomicUsize::new(0));
+        let n = if quick { 16 } else { 200 };
+        end_to_end(1, 10, &addr, images, &seq).await; // warm
+        let (p50, p99, rate) = end_to_end(1, n, &addr, images, &seq).await;
+        println!("end-to-end c=1: p50 {p50:6.2} ms  p99 {p99:6.2} ms  {rate:6.1} img/s");
+        println!(
+            "  ratio p50 / (model batch-1 {model_b1:.2} ms + decode/resize {decode:.2} ms) = {:.2}",
+            p50 / (model_b1 + decode)
+        );
+        let (p50, p99, rate) = end_to_end(8, n * 2, &addr, images, &seq).await;
+        println!("end-to-end c=8: p50 {p50:6.2} ms  p99 {p99:6.2} ms  {rate:6.1} img/s");
+    });
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Quick start, command 2: set up what is missing, then every check CI runs: formatting, clippy,
+# and all tests (unit, integration against the real app and local servers). Prints each stage's time.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+stage() {
+  local name="$1"; shift
+  local start=$SECONDS
+  echo "=== $name"
+  "$@"
+  echo "=== $name: $((SECONDS - start)) s"
+}
+
+stage "setup (libtensorflow, assets)" ./scripts/setup.sh
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
+stage "cargo test" cargo test --locked --all-targets

@@ -1,0 +1,173 @@
+//! Command line and environment: every flag also reads a `CLASSIFIER_*` variable.
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::preprocess::ResizeFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "classifier-api",
+    version,
+    about = "Classifies the image behind a URL with MobileNet (TensorFlow)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default when no subcommand is given).
+    Serve,
+    /// Classify one local file or URL and print the same JSON the API answers.
+    Classify {
+        /// A path to an image file, or an http(s) URL.
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelFormat {
+    /// The embedded frozen GraphDef, imported from memory (faster to load and to run).
+    FrozenGraph,
+    /// The embedded SavedModel (extracted to a temp dir at start).
+    SavedModel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the service can be told. `global` so flags may stand before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "CLASSIFIER_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory for the database (cache, statistics, users, keys).
+    #[arg(
+        long,
+        env = "CLASSIFIER_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Allow image URLs that resolve to loopback, private, link-local and other non-public
+    /// addresses (tests, private deployments). Off by default: the service fetches whatever URL
+    /// the internet sends it.
+    #[arg(long, env = "CLASSIFIER_ALLOW_PRIVATE_NETWORKS", global = true)]
+    pub allow_private_networks: bool,
+
+    /// Largest image download, in bytes.
+    #[arg(long, env = "CLASSIFIER_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024, global = true)]
+    pub max_image_bytes: u64,
+
+    /// Largest image, in pixels (width x height), checked from the header before decoding.
+    #[arg(
+        long,
+        env = "CLASSIFIER_MAX_IMAGE_PIXELS",
+        default_value_t = 50_000_000,
+        global = true
+    )]
+    pub max_image_pixels: u64,
+
+    /// Total time allowed for one image download (connect, headers and body).
+    #[arg(
+        long,
+        env = "CLASSIFIER_FETCH_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub fetch_timeout: humantime::Duration,
+
+    /// How images are resized to 224x224: `nearest` reproduces Keras `load_img` (Pillow NEAREST)
+    /// bit for bit; `bilinear` is Pillow's antialiased BILINEAR.
+    #[arg(
+        long,
+        env = "CLASSIFIER_RESIZE_FILTER",
+        default_value = "nearest",
+        global = true
+    )]
+    pub resize_filter: ResizeFilter,
+
+    /// Which embedded form of the model to run (ignored with --model-dir).
+    #[arg(
+        long,
+        env = "CLASSIFIER_MODEL_FORMAT",
+        value_enum,
+        default_value = "frozen-graph",
+        global = true
+    )]
+    pub model_format: ModelFormat,
+
+    /// Load a model from disk instead of the embedded one: a SavedModel directory (tag `serve`,
+    /// signature `serving_default`) or a frozen GraphDef (`input_1:0` -> `Identity:0`).
+    #[arg(long, env = "CLASSIFIER_MODEL_DIR", global = true)]
+    pub model_dir: Option<PathBuf>,
+
+    /// Labels for --model-dir, in `imagenet_class_index.json` form (default: the embedded ones).
+    #[arg(long, env = "CLASSIFIER_LABELS", global = true)]
+    pub labels: Option<PathBuf>,
+
+    /// TensorFlow intra-op threads (0: TensorFlow's default, one per core).
+    #[arg(
+        long,
+        env = "CLASSIFIER_INTRA_OP_THREADS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub intra_op_threads: u32,
+
+    /// TensorFlow inter-op threads (0: TensorFlow's default).
+    #[arg(
+        long,
+        env = "CLASSIFIER_INTER_OP_THREADS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub inter_op_threads: u32,
+
+    /// Most images per session run (requests that arrive together share one run).
+    #[arg(long, env = "CLASSIFIER_MAX_BATCH", default_value_t = 8, global = true)]
+    pub max_batch: usize,
+
+    /// How long a lone request may wait for others to batch with (0: only batch what is queued).
+    #[arg(
+        long,
+        env = "CLASSIFIER_BATCH_WAIT",
+        default_value = "0s",
+        global = true
+    )]
+    pub batch_wait: humantime::Duration,
+
+    /// Classify requests in progress at once; beyond it requests get 503 `overloaded` at once.
+    #[arg(
+        long,
+        env = "CLASSIFIER_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "CLASSIFIER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,133 @@
+//! The one table from failures to HTTP status and stable error code. Every error a client can see
+//! is an `ApiError`; its JSON body is `{"error": {"code": "...", "message": "..."}}`.
+use serde::Serialize;
+use warp::http::StatusCode;
+
+use crate::fetch::FetchError;
+use crate::model::InferError;
+use crate::preprocess::PreprocessError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidUrl(String),
+    #[error("{0}")]
+    UrlNotAllowed(String),
+    #[error("{0}")]
+    ImageTooLarge(String),
+    #[error("the request body is larger than {0} bytes")]
+    RequestTooLarge(u64),
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedImage(String),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("timed out fetching the image")]
+    UpstreamTimeout,
+    #[error("the service is busy, try again shortly")]
+    Overloaded,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("a Content-Length header is required")]
+    LengthRequired,
+    /// The cause is logged where it happens, never sent to the client.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) | Self::InvalidUrl(_) => StatusCode::BAD_REQUEST,
+            Self::UrlNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Self::ImageTooLarge(_) | Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidUrl(_) => "invalid_url",
+            Self::UrlNotAllowed(_) => "url_not_allowed",
+            Self::ImageTooLarge(_) => "image_too_large",
+            Self::RequestTooLarge(_) => "request_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedImage(_) => "unsupported_image",
+            Self::Upstream(_) => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Overloaded => "overloaded",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::LengthRequired => "length_required",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::NotAllowed(_) => Self::UrlNotAllowed(e.to_string()),
+            FetchError::TooLarge { .. } => Self::ImageTooLarge(e.to_string()),
+            FetchError::Upstream(_) => Self::Upstream(e.to_string()),
+            FetchError::Timeout => Self::UpstreamTimeout,
+        }
+    }
+}
+
+impl From<PreprocessError> for ApiError {
+    fn from(e: PreprocessError) -> Self {
+        match e {
+            PreprocessError::TooManyPixels { .. } => Self::ImageTooLarge(e.to_string()),
+            PreprocessError::Unsupported(_) | PreprocessError::Corrupt(_) => {
+                Self::UnsupportedImage(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::Overloaded => Self::Overloaded,
+            InferError::Engine(_) | InferError::Stopped => {
+                tracing::error!(error = %e, "inference failed");
+                Self::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Building the application from `Settings`: load the model, bind the listener, serve until told
+//! to stop. Tests build it on `127.0.0.1:0` exactly as `main` does.
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{ModelFormat, Settings};
+use crate::fetch::{FetchConfig, Fetcher};
+use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
+use crate::pipeline::Pipeline;
+use crate::preprocess::DecodeLimits;
+use crate::state::AppState;
+
+/// Inference requests that may wait behind the running batch before callers get `overloaded`.
+const INFERENCE_QUEUE: usize = 64;
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pipeline = build_pipeline(&settings).await?;
+        let state = AppState {
+            pipeline,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
+        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
+    /// The address actually bound (the port is chosen by the OS when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let routes = crate::http::routes(self.state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(routes)
+            .incoming(self.listener)
+            .graceful(async {
+                let _ = stop_rx.await;
+            })
+            .run();
+        tracing::info!(addr = %self.addr, "ready, listening on http://{}", self.addr);
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            () = &mut server => return Ok(()),
+            () = shutdown => {}
+        }
+        let _ = stop_tx.send(());
+        if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Fetcher + model + preprocessing settings: all `serve` and `classify` share.
+pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
+    let fetch_timeout: Duration = settings.fetch_timeout.into();
+    let fetcher = Fetcher::new(FetchConfig {
+        allow_private_networks: settings.allow_private_networks,
+        max_bytes: settings.max_image_bytes,
+        timeout: fetch_timeout,
+        connect_timeout: fetch_timeout.min(Duration::from_secs(5)),
+        max_redirects: 5,
+    })
+    .context("building the HTTP client")?;
+    let model = model_config(settings);
+    let classifier = tokio::task::spawn_blocking(move || Classifier::load(&model))
+        .await?
+        .context("loading the model")?;
+    Ok(Pipeline {
+        fetcher,
+        classifier,
+        limits: DecodeLimits {
+            max_pixels: settings.max_image_pixels,
+            // Room for the largest allowed image at 16 bits per channel with alpha.
+            max_alloc_bytes: settings.max_image_pixels.saturating_mul(8),
+        },
+        filter: settings.resize_filter,
+    })
+}
+
+fn model_config(settings: &Settings) -> ModelConfig {
+    let source = match (&settings.model_dir, settings.model_format) {
+        (Some(dir), _) => ModelSource::Path(dir.clone()),
+        (None, ModelFormat::FrozenGraph) => ModelSource::EmbeddedFrozenGraph,
+        (None, ModelFormat::SavedModel) => ModelSource::EmbeddedSavedModel,
+    };
+    ModelConfig {
+        source,
+        labels: settings.labels.clone(),
+        threads: Threads {
+            intra_op: settings.intra_op_threads,
+            inter_op: settings.inter_op_threads,
+        },
+        batching: Batching {
+            max_batch: settings.max_batch.max(1),
+            wait: settings.batch_wait.into(),
+            queue_capacity: INFERENCE_QUEUE,
+        },
+    }
+}

@@ -1,0 +1,167 @@
+//! Every error code of the table, through HTTP, with its status and JSON body.
+use crate::helpers::{error_code, spawn_app, spawn_app_with};
+use warp::http::StatusCode;
+
+#[tokio::test]
+async fn bad_requests_are_400_415_or_413() {
+    let app = spawn_app().await;
+    let cases: &[(&[u8], Option<&str>, StatusCode, &str)] = &[
+        (
+            b"{not json",
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            br#"{"image_url": 5}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            br#"{}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            br#"{"image_url": "nope"}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_url",
+        ),
+        (
+            br#"{"image_url": "file:///etc/passwd"}"#,
+            Some("application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_url",
+        ),
+        (
+            br#"{"image_url": "http://a.com/x"}"#,
+            Some("text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            br#"{"image_url": "http://a.com/x"}"#,
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ];
+    for &(body, content_type, status, code) in cases {
+        let (got, answer) = app.post_classify(body.to_vec().into(), content_type).await;
+        assert_eq!(
+            (got, error_code(&answer)),
+            (status, code),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let huge = format!(r#"{{"image_url": "http://a.com/{}"}}"#, "x".repeat(20_000));
+    let (status, body) = app
+        .post_classify(huge.into(), Some("application/json"))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large")
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_504_413_422() {
+    let app = spawn_app_with(&["--fetch-timeout", "1s", "--max-image-bytes", "1000000"]).await;
+    let cases = [
+        ("/status/404", StatusCode::BAD_GATEWAY, "upstream_error"),
+        ("/status/500", StatusCode::BAD_GATEWAY, "upstream_error"),
+        ("/redirect/6", StatusCode::BAD_GATEWAY, "upstream_error"),
+        ("/slow", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        ("/endless", StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+        (
+            "/text",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_image",
+        ),
+        (
+            "/gen/truncated.png",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_image",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let (got, body) = app.classify_fixture(path).await;
+        assert_eq!((got, error_code(&body)), (status, code), "{path}: {body}");
+    }
+    // Nothing listens on port 1.
+    let (got, body) = app.classify("http://127.0.0.1:1/x.jpg").await;
+    assert_eq!(
+        (got, error_code(&body)),
+        (StatusCode::BAD_GATEWAY, "upstream_error"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn images_over_the_limits_are_413() {
+    // cat.bmp is 523 914 bytes; wide.png claims 60 million pixels in a few kB.
+    let app = spawn_app_with(&[
+        "--max-image-bytes",
+        "100000",
+        "--max-image-pixels",
+        "1000000",
+    ])
+    .await;
+    for path in ["/images/cat.bmp", "/gen/wide.png"] {
+        let (got, body) = app.classify_fixture(path).await;
+        assert_eq!(
+            (got, error_code(&body)),
+            (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/nope").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = app.get("/classify-image").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn overload_answers_503_at_once() {
+    // One request slot: while /slow holds it, the next request is refused rather than queued.
+    let app = spawn_app_with(&["--max-concurrent-requests", "1", "--fetch-timeout", "3s"]).await;
+    let slow_url = app.fixtures.url("/slow");
+    let client = app.client.clone();
+    let endpoint = app.url("/classify-image");
+    let slow = tokio::spawn(async move {
+        client
+            .post(endpoint)
+            .json(&serde_json::json!({ "image_url": slow_url }))
+            .send()
+            .await
+    });
+    while app.fixtures.hits("/slow") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = app.classify_fixture("/images/cat.bmp").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refusal must be fast"
+    );
+    slow.abort();
+}
