@@ -161,6 +161,34 @@ pub struct Settings {
     )]
     pub max_concurrent_requests: usize,
 
+    /// How long a classification is served from the cache.
+    #[arg(
+        long,
+        env = "CLASSIFIER_CACHE_TTL",
+        default_value = "1h",
+        global = true
+    )]
+    pub cache_ttl: humantime::Duration,
+
+    /// Most cached results kept in memory (all unexpired ones stay on disk).
+    #[arg(
+        long,
+        env = "CLASSIFIER_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub cache_capacity: usize,
+
+    /// How often statistics and new cache entries are committed to disk: the most a `kill -9`
+    /// can lose.
+    #[arg(
+        long,
+        env = "CLASSIFIER_STATS_FLUSH_INTERVAL",
+        default_value = "100ms",
+        global = true
+    )]
+    pub stats_flush_interval: humantime::Duration,
+
     /// Log format.
     #[arg(
         long,

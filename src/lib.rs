@@ -10,7 +10,10 @@
 //!   time limits, redirects checked hop by hop).
 //! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1].
 //! - `model`: the TensorFlow session on its own thread, with dynamic batching.
+//! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
+//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -24,4 +27,7 @@ pub mod preprocess;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
+pub mod stats;
+pub mod store;
 pub mod telemetry;
+pub mod writer;

@@ -8,12 +8,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Settings};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
 use crate::preprocess::DecodeLimits;
 use crate::state::AppState;
+use crate::store::{Storage, StorageConfig};
 
 /// Inference requests that may wait behind the running batch before callers get `overloaded`.
 const INFERENCE_QUEUE: usize = 64;
@@ -24,13 +26,28 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    storage: Storage,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// As `build`, with the clock cache expiry is judged by (tests move it forward).
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        // The database first: a bad data dir should fail before seconds of model loading.
+        let storage = Storage::open(&settings.data_dir, clock, storage_config(&settings))
+            .await
+            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let pipeline = build_pipeline(&settings).await?;
         let state = AppState {
             pipeline,
+            cache: storage.cache().clone(),
+            stats: storage.stats().clone(),
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
         };
         let listener = TcpListener::bind(settings.listen)
@@ -41,6 +58,7 @@ impl Application {
             listener,
             addr,
             state,
+            storage,
         })
     }
 
@@ -64,13 +82,20 @@ impl Application {
         tracing::info!(addr = %self.addr, "ready, listening on http://{}", self.addr);
         let mut server = std::pin::pin!(server);
         tokio::select! {
-            () = &mut server => return Ok(()),
-            () = shutdown => {}
+            () = &mut server => {}
+            () = shutdown => {
+                let _ = stop_tx.send(());
+                if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+                    tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+                }
+            }
         }
-        let _ = stop_tx.send(());
-        if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
-            tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
-        }
+        // Handlers may still hold state clones; the final commit covers all they recorded.
+        drop(self.state);
+        self.storage
+            .shutdown()
+            .await
+            .context("final commit of statistics and cache")?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -101,6 +126,15 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
         },
         filter: settings.resize_filter,
     })
+}
+
+fn storage_config(settings: &Settings) -> StorageConfig {
+    StorageConfig {
+        cache_ttl: settings.cache_ttl.into(),
+        cache_capacity: settings.cache_capacity.max(1),
+        flush_interval: settings.stats_flush_interval.into(),
+        ..StorageConfig::default()
+    }
 }
 
 fn model_config(settings: &Settings) -> ModelConfig {

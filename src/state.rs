@@ -3,13 +3,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+use crate::cache::{CacheOutcome, ResultCache};
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
 use crate::pipeline::Pipeline;
+use crate::stats::Stats;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
+    pub cache: ResultCache,
+    pub stats: Stats,
     /// Caps classify requests in progress; when none is left, answer 503 at once rather than
     /// queueing without bound (TEI's `try_acquire_permit`).
     pub permits: Arc<Semaphore>,
@@ -18,19 +22,33 @@ pub struct AppState {
 /// A classification and how long the request took.
 pub struct Answer {
     pub classification: Classification,
+    pub outcome: CacheOutcome,
     pub processing_time: Duration,
 }
 
 impl AppState {
+    /// Cached or fresh (one download per URL however many ask at once); counted in the stats
+    /// only when it succeeds.
     pub async fn classify(&self, url: &ImageUrl, arrived: Instant) -> Result<Answer, ApiError> {
         let _permit = self
             .permits
             .try_acquire()
             .map_err(|_| ApiError::Overloaded)?;
-        let classification = self.pipeline.classify_url(url).await?;
+        let pipeline = self.pipeline.clone();
+        let key = url.clone();
+        let (classification, outcome) = self
+            .cache
+            .get_or_compute(
+                url,
+                move || async move { pipeline.classify_url(&key).await },
+            )
+            .await?;
+        let processing_time = arrived.elapsed();
+        self.stats.record(url, processing_time);
         Ok(Answer {
             classification,
-            processing_time: arrived.elapsed(),
+            outcome,
+            processing_time,
         })
     }
 }

@@ -3,6 +3,7 @@
 mod classify;
 mod rejection;
 mod reply;
+mod report;
 
 use std::convert::Infallible;
 use warp::{Filter, Reply};
@@ -12,7 +13,10 @@ use crate::state::AppState;
 pub use reply::error_response;
 
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    classify::route(state).recover(rejection::handle)
+    classify::route(state.clone())
+        .or(report::route(state))
+        .unify()
+        .recover(rejection::handle)
 }
 
 /// Hands the shared state to a handler.

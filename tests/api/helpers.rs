@@ -2,6 +2,7 @@
 //! (real photos, re-encodings made here, and routes that misbehave on purpose).
 use bytes::Bytes;
 use clap::Parser;
+use classifier_api::clock::{Clock, SystemClock};
 use classifier_api::config::{Cli, Settings};
 use classifier_api::startup::Application;
 use futures_util::stream;
@@ -62,7 +63,18 @@ pub async fn start_app(
     fixtures: FixtureServer,
     data_dir: tempfile::TempDir,
 ) -> TestApp {
-    let app = Application::build(settings).await.expect("app builds");
+    start_app_with_clock(settings, fixtures, data_dir, Arc::new(SystemClock)).await
+}
+
+pub async fn start_app_with_clock(
+    settings: Settings,
+    fixtures: FixtureServer,
+    data_dir: tempfile::TempDir,
+    clock: Arc<dyn Clock>,
+) -> TestApp {
+    let app = Application::build_with_clock(settings, clock)
+        .await
+        .expect("app builds");
     let addr = app.addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
@@ -104,6 +116,12 @@ impl TestApp {
             request = request.header("content-type", ct);
         }
         read_json(request.send().await.unwrap()).await
+    }
+
+    pub async fn report(&self) -> Vec<Value> {
+        let (status, body) = self.get("/report").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -191,6 +209,15 @@ impl FixtureServer {
                 .body(cat.clone())
                 .unwrap()
         });
+        // cat.bmp after a pause, under any name: lets concurrent requests overlap for sure.
+        let cat_later = std::fs::read(fixtures_dir().join("images/cat.bmp")).unwrap();
+        let delayed = warp::path!("delayed" / String).then(move |_name: String| {
+            let body = cat_later.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Response::new(body)
+            }
+        });
         let redirect = warp::path!("redirect" / usize).map(|n: usize| {
             let next = if n == 0 {
                 "/images/cat.bmp".to_owned()
@@ -220,6 +247,8 @@ impl FixtureServer {
                 .or(wrong_type.map(warp::Reply::into_response))
                 .unify()
                 .or(redirect.map(warp::Reply::into_response))
+                .unify()
+                .or(delayed.map(warp::Reply::into_response))
                 .unify(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,8 +1,11 @@
 //! End-to-end tests: the real app on 127.0.0.1:0, images from a local fixture server.
 //! One test binary (zero-to-production style) so the app code links once.
+mod cache;
 mod classify;
 mod cli;
 mod errors;
 mod golden;
 mod helpers;
+mod process;
+mod report;
 mod ssrf;
