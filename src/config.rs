@@ -27,6 +27,66 @@ pub enum Command {
         /// A path to an image file, or an http(s) URL.
         target: String,
     },
+    /// Manage the users who may ask for tokens (the server must not be running on the same
+    /// data dir: the database admits one process at a time).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The root key tokens are signed with.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Issued tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is asked for without echo, or read from stdin.
+    Add {
+        name: String,
+        /// Read the password from standard input (first line) instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user; their tokens stop working.
+    Remove { name: String },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the public key (`ed25519/<hex>`) other services verify tokens with.
+    Public,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token (and every token attenuated from it) invalid.
+    Revoke { token: String },
+}
+
+/// A value that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,6 +248,29 @@ pub struct Settings {
         global = true
     )]
     pub stats_flush_interval: humantime::Duration,
+
+    /// Lifetime of tokens issued by `POST /token`.
+    #[arg(
+        long,
+        env = "CLASSIFIER_TOKEN_TTL",
+        default_value = "1h",
+        global = true
+    )]
+    pub token_ttl: humantime::Duration,
+
+    /// The root private key tokens are signed with, from a file (default: generated on first start
+    /// into `<data-dir>/root_key`, mode 0600).
+    #[arg(long, env = "CLASSIFIER_ROOT_KEY_FILE", global = true)]
+    pub root_key_file: Option<PathBuf>,
+
+    /// The root private key itself (`ed25519-private/<hex>` or hex); wins over the file.
+    #[arg(
+        long,
+        env = "CLASSIFIER_ROOT_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub root_key: Option<Secret>,
 
     /// Log format.
     #[arg(

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use warp::http::StatusCode;
 
+use crate::auth::AuthError;
 use crate::fetch::FetchError;
 use crate::model::InferError;
 use crate::preprocess::PreprocessError;
@@ -35,6 +36,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("a Content-Length header is required")]
     LengthRequired,
+    #[error("missing bearer token (Authorization: Bearer <token>)")]
+    MissingToken,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("too many failed login attempts; retry in {0} s")]
+    TooManyAttempts(u64),
     /// The cause is logged where it happens, never sent to the client.
     #[error("internal error")]
     Internal,
@@ -45,6 +54,10 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) | Self::InvalidUrl(_) => StatusCode::BAD_REQUEST,
             Self::UrlNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::MissingToken | Self::InvalidToken | Self::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -73,6 +86,10 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::LengthRequired => "length_required",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::TooManyAttempts(_) => "too_many_attempts",
             Self::Internal => "internal",
         }
     }
@@ -126,6 +143,30 @@ impl From<InferError> for ApiError {
             InferError::Overloaded => Self::Overloaded,
             InferError::Engine(_) | InferError::Stopped => {
                 tracing::error!(error = %e, "inference failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::MissingToken => Self::MissingToken,
+            AuthError::InvalidToken(ref reason) => {
+                // The reason may hold attacker-supplied Datalog: debug level, never to the client.
+                tracing::debug!(reason, "token refused");
+                Self::InvalidToken
+            }
+            AuthError::InvalidCredentials
+            | AuthError::InvalidUsername(_)
+            | AuthError::InvalidPassword(_)
+            | AuthError::UnknownUser(_) => Self::InvalidCredentials,
+            AuthError::TooManyAttempts { .. } => {
+                Self::TooManyAttempts(e.retry_after_secs().unwrap_or(60))
+            }
+            AuthError::UserExists(_) | AuthError::Key(_) | AuthError::Storage(_) => {
+                tracing::error!(error = %e, "authentication failed internally");
                 Self::Internal
             }
         }

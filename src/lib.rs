@@ -12,7 +12,11 @@
 //! - `model`: the TensorFlow session on its own thread, with dynamic batching.
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
 //!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`.
+//! - `admin`: the offline `user`, `key` and `token` commands.
+//! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
+pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;

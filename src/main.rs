@@ -6,7 +6,7 @@ use std::time::Instant;
 use classifier_api::config::{Cli, Command, Settings};
 use classifier_api::domain::{ClassifyResponse, ImageUrl};
 use classifier_api::error::ApiError;
-use classifier_api::{shutdown, startup, telemetry};
+use classifier_api::{admin, shutdown, startup, telemetry};
 
 fn main() -> ExitCode {
     // TensorFlow's C++ INFO lines ("oneDNN custom operations are on" ...) drown our own logs.
@@ -25,6 +25,9 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.settings)),
         Command::Classify { target } => runtime.block_on(classify(cli.settings, &target)),
+        Command::User(command) => admin::user(&cli.settings, command).map(|()| ExitCode::SUCCESS),
+        Command::Key(command) => admin::key(&cli.settings, command).map(|()| ExitCode::SUCCESS),
+        Command::Token(command) => admin::token(&cli.settings, command).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::auth::{load_or_create_root_key, Auth, KeyPair};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ModelFormat, Settings};
+use crate::config::{ModelFormat, Secret, Settings};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
@@ -40,11 +41,13 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         // The database first: a bad data dir should fail before seconds of model loading.
-        let storage = Storage::open(&settings.data_dir, clock, storage_config(&settings))
+        let storage = Storage::open(&settings.data_dir, clock.clone(), storage_config(&settings))
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+        let auth = build_auth(&settings, storage.store().database().clone(), clock.clone())?;
         let pipeline = build_pipeline(&settings).await?;
         let state = AppState {
+            auth,
             pipeline,
             cache: storage.cache().clone(),
             stats: storage.stats().clone(),
@@ -126,6 +129,30 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
         },
         filter: settings.resize_filter,
     })
+}
+
+/// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created on
+/// first start.
+pub fn root_key(settings: &Settings) -> anyhow::Result<KeyPair> {
+    load_or_create_root_key(
+        &settings.data_dir,
+        settings.root_key_file.as_deref(),
+        settings.root_key.as_ref().map(Secret::expose),
+    )
+    .context("loading the root key")
+}
+
+fn build_auth(
+    settings: &Settings,
+    db: Arc<redb::Database>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Auth> {
+    Ok(Auth::new(
+        db,
+        root_key(settings)?,
+        settings.token_ttl.into(),
+        clock,
+    ))
 }
 
 fn storage_config(settings: &Settings) -> StorageConfig {

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+use crate::auth::Auth;
 use crate::cache::{CacheOutcome, ResultCache};
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
@@ -11,6 +12,7 @@ use crate::stats::Stats;
 
 #[derive(Clone)]
 pub struct AppState {
+    pub auth: Auth,
     pub pipeline: Pipeline,
     pub cache: ResultCache,
     pub stats: Stats,

@@ -1,5 +1,6 @@
 //! Routes. Each endpoint is a small filter in its own file; `routes` composes them and turns every
 //! rejection into the JSON error body.
+mod auth;
 mod classify;
 mod rejection;
 mod reply;
@@ -14,7 +15,11 @@ pub use reply::error_response;
 
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     classify::route(state.clone())
-        .or(report::route(state))
+        .or(report::route(state.clone()))
+        .unify()
+        .or(auth::token_route(state.clone()))
+        .unify()
+        .or(auth::secret_route(state))
         .unify()
         .recover(rejection::handle)
 }

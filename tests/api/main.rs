@@ -8,4 +8,5 @@ mod golden;
 mod helpers;
 mod process;
 mod report;
+mod secret;
 mod ssrf;

@@ -1,0 +1,312 @@
+//! The user table and password hashing. Everything here is synchronous so the CLI can call it
+//! without a runtime; the async [`super::Auth`] wraps it in `spawn_blocking`.
+//!
+//! Each user has a *generation* baked into their tokens. Generations come from one global,
+//! never-reused counter, so a user who is removed and re-added gets a new generation and their
+//! old tokens stop matching, without keeping tombstones for removed names.
+use std::sync::OnceLock;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{open_read_table, AuthError};
+
+/// username → (Argon2id PHC string, generation).
+pub(crate) const USERS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("auth_users");
+/// Small counters; today only the next generation number.
+const META: TableDefinition<&str, u64> = TableDefinition::new("auth_meta");
+const NEXT_GENERATION: &str = "next_generation";
+
+pub const MAX_USERNAME_CHARS: usize = 64;
+/// Generous for passphrases, small enough that nobody can make us hash megabytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Argon2id with the OWASP-recommended defaults (19 MiB, t=2, p=1). Unit tests use the minimum
+/// cost because debug-build Argon2 at full cost takes seconds per hash. Verification always
+/// uses the parameters stored in the PHC string, so changing these only affects new hashes.
+fn hasher() -> Argon2<'static> {
+    #[cfg(not(test))]
+    let params = Params::DEFAULT;
+    #[cfg(test)]
+    let params = Params::new(Params::MIN_M_COST, 1, 1, None).unwrap_or(Params::DEFAULT);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes with a fresh random salt per call, so equal passwords never share a hash.
+pub(crate) fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Storage(format!("password hashing failed: {e}")))
+}
+
+/// A hash of a random password, made once per process with the current parameters. Logins for
+/// unknown users are checked against it so they cost the same as a wrong password and the
+/// response time does not reveal whether the user exists.
+fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            // The salt doubles as an unguessable password: nothing can ever match this hash.
+            let secret = SaltString::generate(&mut OsRng);
+            hash_password(secret.as_str()).ok()
+        })
+        .as_deref()
+}
+
+/// Builds the dummy hash now rather than during the first unknown-user login, which would
+/// otherwise be measurably slower than the ones after it.
+pub(crate) fn warm_up_dummy_hash() {
+    let _ = dummy_hash();
+}
+
+/// `true` only if `stored` is present and matches. With `stored == None` the dummy hash is
+/// verified anyway, purely to spend the same time.
+pub(crate) fn verify_password(password: &str, stored: Option<&str>) -> bool {
+    let (phc, real) = match stored {
+        Some(phc) => (phc, true),
+        None => match dummy_hash() {
+            Some(phc) => (phc, false),
+            None => return false,
+        },
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        // A corrupt stored hash must not lock the process up or panic; the user simply cannot
+        // log in until an admin resets them.
+        tracing::error!("stored password hash is not a valid PHC string");
+        return false;
+    };
+    let ok = hasher()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    ok && real
+}
+
+/// 1–64 characters, no control characters, no leading/trailing whitespace. Whitespace at the
+/// edges is refused rather than trimmed so that what an admin types is exactly the login name.
+pub fn validate_username(name: &str) -> Result<(), AuthError> {
+    let invalid = |why: &str| Err(AuthError::InvalidUsername(why.to_owned()));
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.chars().count() > MAX_USERNAME_CHARS {
+        return invalid("must be at most 64 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return invalid("must not contain control characters");
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return invalid("must not start or end with whitespace");
+    }
+    Ok(())
+}
+
+fn validate_password(password: &str) -> Result<(), AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::InvalidPassword("must not be empty".into()));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(AuthError::InvalidPassword(format!(
+            "must be at most {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds a user with an Argon2id hash of `password`. Slow by design (one Argon2 hash); call it
+/// from `spawn_blocking` (or [`super::Auth::add_user`]) inside the server.
+pub fn add_user(db: &Database, name: &str, password: &str) -> Result<(), AuthError> {
+    validate_username(name)?;
+    validate_password(password)?;
+    // Cheap early refusal so a duplicate does not cost an Argon2 hash; the write transaction
+    // below re-checks, since another writer may have added the name meanwhile.
+    if lookup(db, name)?.is_some() {
+        return Err(AuthError::UserExists(name.to_owned()));
+    }
+    // Hash before opening the write transaction: redb allows one writer at a time and Argon2 is
+    // the slow part.
+    let phc = hash_password(password)?;
+    let inserted = insert_user(db, name, &phc)?;
+    if inserted {
+        tracing::info!(user = name, "user added");
+        Ok(())
+    } else {
+        Err(AuthError::UserExists(name.to_owned()))
+    }
+}
+
+fn insert_user(db: &Database, name: &str, phc: &str) -> Result<bool, redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut users = txn.open_table(USERS)?;
+        if users.get(name)?.is_some() {
+            return Ok(false); // dropping `txn` aborts it
+        }
+        let mut meta = txn.open_table(META)?;
+        let generation = meta.get(NEXT_GENERATION)?.map_or(1, |g| g.value());
+        meta.insert(NEXT_GENERATION, generation.saturating_add(1))?;
+        users.insert(name, (phc, generation))?;
+    }
+    txn.commit()?;
+    Ok(true)
+}
+
+/// Removes a user. Their outstanding tokens fail verification from then on, because `verify`
+/// looks the user up on every request (and a re-added user gets a new generation).
+pub fn remove_user(db: &Database, name: &str) -> Result<(), AuthError> {
+    let removed = {
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        let removed = {
+            let mut users = txn.open_table(USERS).map_err(redb::Error::from)?;
+            let old = users.remove(name).map_err(redb::Error::from)?;
+            old.is_some()
+        };
+        if removed {
+            txn.commit().map_err(redb::Error::from)?;
+        }
+        removed
+    };
+    if removed {
+        tracing::info!(user = name, "user removed");
+        Ok(())
+    } else {
+        Err(AuthError::UnknownUser(name.to_owned()))
+    }
+}
+
+/// All usernames, sorted (redb keeps keys ordered).
+pub fn list_users(db: &Database) -> Result<Vec<String>, AuthError> {
+    let txn = db.begin_read().map_err(redb::Error::from)?;
+    let Some(users) = open_read_table(&txn, USERS)? else {
+        return Ok(Vec::new());
+    };
+    let mut names = Vec::new();
+    for entry in users.iter().map_err(redb::Error::from)? {
+        let (name, _) = entry.map_err(redb::Error::from)?;
+        names.push(name.value().to_owned());
+    }
+    Ok(names)
+}
+
+/// A user's record as stored: PHC hash string and generation.
+pub(crate) struct UserRecord {
+    pub phc: String,
+    pub generation: u64,
+}
+
+pub(crate) fn lookup(db: &Database, name: &str) -> Result<Option<UserRecord>, AuthError> {
+    let txn = db.begin_read().map_err(redb::Error::from)?;
+    lookup_in(&txn, name)
+}
+
+/// Lookup inside a caller's read transaction, so `verify` sees users and revocations from one
+/// consistent snapshot.
+pub(crate) fn lookup_in(
+    txn: &redb::ReadTransaction,
+    name: &str,
+) -> Result<Option<UserRecord>, AuthError> {
+    let Some(users) = open_read_table(txn, USERS)? else {
+        return Ok(None);
+    };
+    let record = users.get(name).map_err(redb::Error::from)?.map(|g| {
+        let (phc, generation) = g.value();
+        UserRecord {
+            phc: phc.to_owned(),
+            generation,
+        }
+    });
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::test_util::temp_db;
+
+    #[test]
+    fn add_list_remove() {
+        let (_dir, db) = temp_db();
+        assert!(list_users(&db).expect("list").is_empty());
+        add_user(&db, "bob", "pw-b").expect("add bob");
+        add_user(&db, "alice", "pw-a").expect("add alice");
+        assert_eq!(list_users(&db).expect("list"), ["alice", "bob"]);
+
+        let rec = lookup(&db, "alice").expect("lookup").expect("alice exists");
+        assert!(rec.phc.starts_with("$argon2id$"));
+        assert!(verify_password("pw-a", Some(&rec.phc)));
+        assert!(!verify_password("pw-b", Some(&rec.phc)));
+
+        remove_user(&db, "bob").expect("remove");
+        assert_eq!(list_users(&db).expect("list"), ["alice"]);
+        let err = remove_user(&db, "bob").expect_err("already gone");
+        assert!(matches!(err, AuthError::UnknownUser(ref n) if n == "bob"));
+    }
+
+    #[test]
+    fn salts_are_per_user() {
+        let (_dir, db) = temp_db();
+        add_user(&db, "a", "same").expect("add");
+        add_user(&db, "b", "same").expect("add");
+        let a = lookup(&db, "a").expect("lookup").expect("a");
+        let b = lookup(&db, "b").expect("lookup").expect("b");
+        assert_ne!(a.phc, b.phc);
+    }
+
+    #[test]
+    fn duplicate_user_refused_with_clear_message() {
+        let (_dir, db) = temp_db();
+        add_user(&db, "alice", "pw").expect("add");
+        let err = add_user(&db, "alice", "other").expect_err("duplicate");
+        assert!(matches!(err, AuthError::UserExists(_)));
+        assert_eq!(err.to_string(), "user alice already exists");
+    }
+
+    #[test]
+    fn invalid_usernames_refused() {
+        let (_dir, db) = temp_db();
+        let too_long = "x".repeat(65);
+        for bad in [
+            "", " alice", "alice ", "\talice", "al\nice", "a\u{7f}b", &too_long,
+        ] {
+            let err = add_user(&db, bad, "pw").expect_err(bad);
+            assert!(
+                matches!(err, AuthError::InvalidUsername(_)),
+                "{bad:?}: {err:?}"
+            );
+        }
+        // Boundaries that must be accepted: 64 chars (multi-byte), inner spaces, unicode.
+        add_user(&db, &"é".repeat(64), "pw").expect("64 chars ok");
+        add_user(&db, "ann marie", "pw").expect("inner space ok");
+        assert!(list_users(&db).expect("list").len() == 2);
+    }
+
+    #[test]
+    fn invalid_passwords_refused() {
+        let (_dir, db) = temp_db();
+        let long = "p".repeat(MAX_PASSWORD_BYTES + 1);
+        for bad in ["", long.as_str()] {
+            let err = add_user(&db, "alice", bad).expect_err("bad password");
+            assert!(matches!(err, AuthError::InvalidPassword(_)));
+        }
+    }
+
+    #[test]
+    fn generations_are_never_reused() {
+        let (_dir, db) = temp_db();
+        add_user(&db, "alice", "pw").expect("add");
+        let g1 = lookup(&db, "alice").expect("l").expect("alice").generation;
+        remove_user(&db, "alice").expect("remove");
+        add_user(&db, "alice", "pw").expect("re-add");
+        let g2 = lookup(&db, "alice").expect("l").expect("alice").generation;
+        assert!(g2 > g1);
+    }
+
+    #[test]
+    fn unknown_user_never_verifies() {
+        assert!(!verify_password("anything", None));
+        assert!(!verify_password("x", Some("not a phc string")));
+    }
+}

@@ -1,0 +1,76 @@
+//! POST /token (username + password -> biscuit token) and GET /secret (token -> "Hi <username>").
+use serde::{Deserialize, Serialize};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::rejection::MAX_REQUEST_BODY;
+use super::reply::{error_response, json_response};
+use super::with_state;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    token: String,
+    /// RFC 3339, UTC.
+    expires_at: String,
+}
+
+pub fn token_route(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("token")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_REQUEST_BODY))
+        .and(warp::body::bytes())
+        .and(with_state(state))
+        .then(|body: bytes::Bytes, state: AppState| async move {
+            let credentials: Credentials = match serde_json::from_slice(&body) {
+                Ok(c) => c,
+                Err(_) => {
+                    return error_response(&ApiError::InvalidRequest(
+                        "expected a JSON object with string fields username and password".into(),
+                    ))
+                }
+            };
+            match state
+                .auth
+                .login(&credentials.username, &credentials.password)
+                .await
+            {
+                Ok(issued) => json_response(&TokenResponse {
+                    token: issued.token,
+                    expires_at: humantime::format_rfc3339_seconds(issued.expires_at).to_string(),
+                }),
+                Err(e) => error_response(&e.into()),
+            }
+        })
+}
+
+pub fn secret_route(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("secret")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_state(state))
+        .then(
+            |authorization: Option<String>, state: AppState| async move {
+                match state.auth.verify(authorization.as_deref()).await {
+                    Ok(username) => warp::reply::with_header(
+                        format!("Hi {username}"),
+                        "content-type",
+                        "text/plain; charset=utf-8",
+                    )
+                    .into_response(),
+                    Err(e) => error_response(&e.into()),
+                }
+            },
+        )
+}
