@@ -14,6 +14,7 @@ stage() {
 }
 
 stage "setup (libtensorflow, assets)" ./scripts/setup.sh
+stage "test servers (osmem-server)" ./scripts/install-osmem.sh
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
 stage "cargo test" cargo test --locked --all-targets

@@ -272,6 +272,63 @@ pub struct Settings {
     )]
     pub root_key: Option<Secret>,
 
+    /// Elasticsearch base URL; when set, every `GET /report` also becomes a document there.
+    #[arg(long, env = "CLASSIFIER_ELASTICSEARCH_URL", global = true)]
+    pub elasticsearch_url: Option<url::Url>,
+
+    /// Index the report documents go to.
+    #[arg(
+        long,
+        env = "CLASSIFIER_ELASTICSEARCH_INDEX",
+        default_value = "classifier-reports",
+        global = true
+    )]
+    pub elasticsearch_index: String,
+
+    /// Basic-auth user for Elasticsearch (with the password below).
+    #[arg(long, env = "CLASSIFIER_ELASTICSEARCH_USERNAME", global = true)]
+    pub elasticsearch_username: Option<String>,
+
+    /// Basic-auth password for Elasticsearch.
+    #[arg(
+        long,
+        env = "CLASSIFIER_ELASTICSEARCH_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub elasticsearch_password: Option<Secret>,
+
+    /// Elasticsearch API key (encoded form, `base64(id:key)`); wins over basic auth.
+    #[arg(
+        long,
+        env = "CLASSIFIER_ELASTICSEARCH_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub elasticsearch_api_key: Option<Secret>,
+
+    /// Most report documents waiting for Elasticsearch; beyond it the oldest are dropped.
+    #[arg(
+        long,
+        env = "CLASSIFIER_ELASTICSEARCH_OUTBOX_MAX",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub elasticsearch_outbox_max: usize,
+
+    /// This instance's name in report documents (default: the host name).
+    #[arg(long, env = "CLASSIFIER_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+
+    /// After SIGTERM/SIGINT, how long requests in progress get to finish.
+    #[arg(
+        long,
+        env = "CLASSIFIER_SHUTDOWN_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub shutdown_timeout: humantime::Duration,
+
     /// Log format.
     #[arg(
         long,

@@ -117,6 +117,9 @@ impl Fetcher {
             // Through a proxy the address we connect to is the proxy's, which would make the
             // resolver's filtering meaningless; HTTP(S)_PROXY in the environment must not apply.
             .no_proxy()
+            // The Elasticsearch client turns on reqwest's gzip feature crate-wide; a compressed
+            // body would be inflated past our byte limit's view of it, so ask for none.
+            .no_gzip()
             .dns_resolver(Arc::new(PublicResolver { allow_private }))
             .redirect(redirect_policy(max_redirects, allow_private))
             // The user's URL is none of the redirect target's business.

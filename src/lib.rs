@@ -14,6 +14,7 @@
 //!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`.
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
+//! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
 pub mod admin;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod elastic;
 pub mod error;
 pub mod fetch;
 pub mod http;

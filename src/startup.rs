@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{load_or_create_root_key, Auth, KeyPair};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
+use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
@@ -20,14 +21,16 @@ use crate::store::{Storage, StorageConfig};
 
 /// Inference requests that may wait behind the running batch before callers get `overloaded`.
 const INFERENCE_QUEUE: usize = 64;
-/// How long in-flight requests get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown may spend delivering queued Elasticsearch documents; the rest stays in the
+/// outbox for the next start.
+const ES_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
     storage: Storage,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -45,8 +48,17 @@ impl Application {
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let auth = build_auth(&settings, storage.store().database().clone(), clock.clone())?;
+        let reporter = match elastic_config(&settings)? {
+            Some(config) => Some(
+                Reporter::start(storage.store().clone(), clock.clone(), config)
+                    .await
+                    .context("starting the Elasticsearch reporter")?,
+            ),
+            None => None,
+        };
         let pipeline = build_pipeline(&settings).await?;
         let state = AppState {
+            reporter,
             auth,
             pipeline,
             cache: storage.cache().clone(),
@@ -62,6 +74,7 @@ impl Application {
             addr,
             state,
             storage,
+            shutdown_timeout: settings.shutdown_timeout.into(),
         })
     }
 
@@ -88,9 +101,21 @@ impl Application {
             () = &mut server => {}
             () = shutdown => {
                 let _ = stop_tx.send(());
-                if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
-                    tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+                let grace = self.shutdown_timeout;
+                if tokio::time::timeout(grace, server).await.is_err() {
+                    tracing::warn!("requests still running after {grace:?}; stopping anyway");
                 }
+            }
+        }
+        if let Some(reporter) = &self.state.reporter {
+            let left = reporter
+                .shutdown(tokio::time::Instant::now() + ES_DRAIN)
+                .await;
+            if left.outbox_depth > 0 {
+                tracing::info!(
+                    documents = left.outbox_depth,
+                    "Elasticsearch documents kept for the next start"
+                );
             }
         }
         // Handlers may still hold state clones; the final commit covers all they recorded.
@@ -153,6 +178,40 @@ fn build_auth(
         settings.token_ttl.into(),
         clock,
     ))
+}
+
+fn elastic_config(settings: &Settings) -> anyhow::Result<Option<ElasticConfig>> {
+    let Some(url) = settings.elasticsearch_url.clone() else {
+        return Ok(None);
+    };
+    let instance = settings.instance_id.clone().unwrap_or_else(host_name);
+    let mut config = ElasticConfig::new(url, instance);
+    config.index.clone_from(&settings.elasticsearch_index);
+    config.outbox_max = settings.elasticsearch_outbox_max.max(1);
+    config.auth = match (
+        &settings.elasticsearch_api_key,
+        &settings.elasticsearch_username,
+        &settings.elasticsearch_password,
+    ) {
+        (Some(key), _, _) => ElasticAuth::ApiKey(key.expose().to_owned()),
+        (None, Some(username), Some(password)) => ElasticAuth::Basic {
+            username: username.clone(),
+            password: password.expose().to_owned(),
+        },
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            anyhow::bail!("Elasticsearch basic auth needs both a username and a password")
+        }
+        (None, None, None) => ElasticAuth::None,
+    };
+    Ok(Some(config))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "classifier-api".to_owned())
 }
 
 fn storage_config(settings: &Settings) -> StorageConfig {

@@ -6,6 +6,7 @@ use tokio::sync::Semaphore;
 use crate::auth::Auth;
 use crate::cache::{CacheOutcome, ResultCache};
 use crate::domain::{Classification, ImageUrl};
+use crate::elastic::Reporter;
 use crate::error::ApiError;
 use crate::pipeline::Pipeline;
 use crate::stats::Stats;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub cache: ResultCache,
     pub stats: Stats,
+    /// Set when Elasticsearch reporting is configured.
+    pub reporter: Option<Reporter>,
     /// Caps classify requests in progress; when none is left, answer 503 at once rather than
     /// queueing without bound (TEI's `try_acquire_permit`).
     pub permits: Arc<Semaphore>,

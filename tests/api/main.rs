@@ -3,6 +3,7 @@
 mod cache;
 mod classify;
 mod cli;
+mod elastic;
 mod errors;
 mod golden;
 mod helpers;

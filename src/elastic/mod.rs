@@ -1,0 +1,349 @@
+//! Elasticsearch monitoring: one document per `GET /report` call, never lost, never in the way.
+//!
+//! ```text
+//! /report ── Reporter::enqueue ──> es_outbox_v1 (redb, durable) ──> sender task ──> POST /_bulk
+//!              (one local commit,                                    (create + fixed _id,
+//!               never waits for ES)                                   backoff while ES is away)
+//! ```
+//!
+//! - [`Reporter::enqueue`] commits the document to the outbox table (its own small redb write
+//!   transaction, on the blocking pool) and wakes the sender. When it returns `Ok`, the document
+//!   is on disk and will reach Elasticsearch eventually, across restarts. It never talks to
+//!   Elasticsearch, so `/report` is as fast with the cluster down as with it up. It can only fail
+//!   if the local database fails; the handler should log that and answer anyway.
+//! - The outbox is bounded ([`ElasticConfig::outbox_max`]): past the bound the oldest documents
+//!   are dropped, counted in `dropped`, with a warning.
+//! - The sender delivers the oldest documents first, in `_bulk` batches of `create` actions with
+//!   the id fixed at enqueue time, so a retry can never index a document twice (409 on `create`
+//!   means "already there" and counts as delivered). Whole-request failures (cluster down,
+//!   timeouts, 429, 5xx, auth) back off exponentially up to `max_backoff`. Documents refused with
+//!   400 (mapping errors) move to the dead-letter table, counted, not retried.
+//! - At first delivery the index template is installed (warning and carry on if refused).
+//! - [`Reporter::shutdown`] drains within a deadline; the rest stays in the outbox and goes out
+//!   after the next start.
+//! - [`Reporter::history`] is the read side for a dashboard (per-minute `date_histogram`).
+//!
+//! Tables (in the service's `classifier.redb`, next to the storage layer's):
+//!
+//! | table               | key               | value                                   |
+//! |---------------------|-------------------|-----------------------------------------|
+//! | `es_outbox_v1`      | sequence          | (document id, JSON source)              |
+//! | `es_dead_letter_v1` | sequence          | (document id, JSON source, reason, ms)  |
+//! | `es_meta_v1`        | name              | u64 (`next_seq`)                        |
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use elasticsearch::Elasticsearch;
+use redb::TableDefinition;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::stats::{Totals, UrlStats};
+use crate::store::{Store, StoreError};
+
+mod client;
+mod config;
+mod document;
+mod history;
+mod outbox;
+mod sender;
+mod template;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+pub use config::{ElasticAuth, ElasticConfig};
+pub use document::ReportDocument;
+pub use history::{HistoryPoint, MAX_HISTORY_MINUTES};
+pub use outbox::DeadLetter;
+
+/// Sequence → (document id, JSON source). Keys grow with every enqueue, so iteration order is
+/// enqueue order: the sender sends the oldest first and the bound drops the oldest first.
+pub(crate) const OUTBOX: TableDefinition<u64, (&str, &str)> = TableDefinition::new("es_outbox_v1");
+/// Sequence → (document id, JSON source, Elasticsearch's reason, refused at unix millis).
+pub(crate) const DEAD_LETTERS: TableDefinition<u64, (&str, &str, &str, u64)> =
+    TableDefinition::new("es_dead_letter_v1");
+/// Named counters of this module.
+pub(crate) const ES_META: TableDefinition<&str, u64> = TableDefinition::new("es_meta_v1");
+/// Next outbox sequence number. Persisted (not derived from the outbox's last key) because the
+/// outbox is empty most of the time, and reusing a number would reuse a document id that is
+/// already in the index: the new document would be taken for a duplicate and silently lost.
+pub(crate) const NEXT_SEQ: &str = "next_seq";
+
+/// Why an Elasticsearch operation failed. Messages never contain credentials: they are stripped
+/// from the URL before the client is built.
+#[derive(Debug, thiserror::Error)]
+pub enum ElasticError {
+    #[error("elasticsearch configuration: {0}")]
+    Config(String),
+    #[error("elasticsearch outbox: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot reach elasticsearch: {0}")]
+    Unreachable(String),
+    #[error("elasticsearch answered {status}: {detail}")]
+    Status { status: u16, detail: String },
+    #[error("unexpected elasticsearch answer: {0}")]
+    Unexpected(String),
+    #[error("cannot encode the report document: {0}")]
+    Encode(String),
+}
+
+/// Counters for the metrics layer. `outbox_depth` is the current number of waiting documents
+/// (also after a restart); the others count since this process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ReporterStats {
+    /// Documents waiting in the outbox.
+    pub outbox_depth: u64,
+    /// Documents Elasticsearch confirmed (created, or already there from an earlier attempt).
+    pub sent: u64,
+    /// Delivery attempts that failed as a whole or left documents to retry.
+    pub failed_attempts: u64,
+    /// Documents refused for good and moved to the dead-letter table.
+    pub dead_lettered: u64,
+    /// Documents dropped unsent because the outbox was full.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub outbox_depth: AtomicU64,
+    pub sent: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Counters {
+    /// Depth moves by deltas (not by storing the table length) so that concurrent enqueues and
+    /// deliveries, whose commits can finish in either order, never leave a stale value behind.
+    pub(crate) fn sub_depth(&self, n: u64) {
+        let _ = self
+            .outbox_depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+    }
+
+    fn snapshot(&self) -> ReporterStats {
+        ReporterStats {
+            outbox_depth: self.outbox_depth.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// State shared by the handles and the sender task.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub client: Elasticsearch,
+    pub clock: Arc<dyn Clock>,
+    pub index: String,
+    pub instance_id: String,
+    pub outbox_max: usize,
+    pub batch_size: usize,
+    pub initial_backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+    pub counters: Counters,
+    /// Wakes the idle sender after an enqueue. `Notify` keeps one permit, so a wake-up sent
+    /// between the sender's empty read and its wait is not lost.
+    pub wake: Notify,
+}
+
+/// Owns the sender task. Dropping the last [`Reporter`] drops the watch sender, which stops the
+/// task at once (documents stay in the outbox).
+struct Control {
+    shutdown: watch::Sender<Option<Instant>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Handle to the reporter. Cheap to clone; hand one to the `/report` handler.
+#[derive(Clone)]
+pub struct Reporter {
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+}
+
+impl std::fmt::Debug for Reporter {
+    // By hand: the client holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("index", &self.shared.index)
+            .field("instance_id", &self.shared.instance_id)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reporter {
+    /// Validates `config`, creates this module's tables in `store`'s database, and starts the
+    /// sender task, which first delivers whatever an earlier run left in the outbox. Does not
+    /// contact Elasticsearch: a cluster that is down at start is not an error. Must run inside a
+    /// Tokio runtime.
+    pub async fn start(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: ElasticConfig,
+    ) -> Result<Reporter, ElasticError> {
+        config.validate()?;
+        let (url, auth) = config.effective();
+        let client = client::build(url.clone(), &auth, config.request_timeout)?;
+        let depth = store.run(outbox::init).await?;
+        tracing::info!(
+            url = %url,
+            index = %config.index,
+            instance_id = %config.instance_id,
+            pending = depth,
+            "elasticsearch reporter starting"
+        );
+        let counters = Counters::default();
+        counters.outbox_depth.store(depth, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            store,
+            client,
+            clock,
+            index: config.index,
+            instance_id: config.instance_id,
+            outbox_max: config.outbox_max,
+            batch_size: config.batch_size,
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            request_timeout: config.request_timeout,
+            counters,
+            wake: Notify::new(),
+        });
+        let (shutdown, rx) = watch::channel(None);
+        let task = tokio::spawn(sender::Sender::new(Arc::clone(&shared), rx).run());
+        Ok(Reporter {
+            shared,
+            control: Arc::new(Control {
+                shutdown,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// The document for one `/report` answer, stamped with the injected clock and this instance.
+    pub fn document(&self, entries: Vec<UrlStats>, totals: &Totals) -> ReportDocument {
+        ReportDocument::new(
+            self.shared.clock.now(),
+            &self.shared.instance_id,
+            entries,
+            totals,
+        )
+    }
+
+    /// Makes `doc` durable in the outbox and wakes the sender; returns the document's `_id`.
+    /// Costs one local redb commit (fsync), never a request to Elasticsearch. Also works after
+    /// [`Reporter::shutdown`]: the document then waits for the next start.
+    pub async fn enqueue(&self, doc: &ReportDocument) -> Result<String, ElasticError> {
+        let source = serde_json::to_string(doc).map_err(|e| ElasticError::Encode(e.to_string()))?;
+        self.push(source, None).await
+    }
+
+    /// Enqueues any JSON object, optionally with a fixed id: how the tests produce documents the
+    /// cluster refuses, and retries of an already delivered id.
+    #[cfg(test)]
+    pub(crate) async fn enqueue_raw(
+        &self,
+        id: Option<&str>,
+        source: &serde_json::Value,
+    ) -> Result<String, ElasticError> {
+        self.push(source.to_string(), id.map(str::to_owned)).await
+    }
+
+    async fn push(&self, source: String, id: Option<String>) -> Result<String, ElasticError> {
+        let at = self.shared.clock.now();
+        let instance = self.shared.instance_id.clone();
+        let max = self.shared.outbox_max;
+        let pushed = self
+            .shared
+            .store
+            .run(move |db| {
+                outbox::push(db, &source, max, |seq| {
+                    id.unwrap_or_else(|| document::document_id(&instance, at, seq))
+                })
+            })
+            .await?;
+        let counters = &self.shared.counters;
+        counters.outbox_depth.fetch_add(1, Ordering::Relaxed);
+        if pushed.dropped > 0 {
+            counters.sub_depth(pushed.dropped);
+            counters
+                .dropped
+                .fetch_add(pushed.dropped, Ordering::Relaxed);
+            tracing::warn!(
+                outbox_max = max,
+                dropped = pushed.dropped,
+                "elasticsearch outbox full; oldest report documents dropped unsent"
+            );
+        }
+        self.shared.wake.notify_one();
+        Ok(pushed.id)
+    }
+
+    /// Current counters (lock-free reads).
+    pub fn stats(&self) -> ReporterStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Per-minute history of the last `minutes` (at most [`MAX_HISTORY_MINUTES`]) from
+    /// Elasticsearch: `max(total_requests)` and `avg(overall_avg_processing_time)` per minute
+    /// that has reports, oldest first. Empty when the index does not exist yet. Uses the same
+    /// client and credentials as delivery, with a timeout of at most 10 s; a dashboard handler
+    /// should map errors to 503.
+    pub async fn history(&self, minutes: u32) -> Result<Vec<HistoryPoint>, ElasticError> {
+        history::fetch(
+            &self.shared.client,
+            &self.shared.index,
+            self.shared.clock.now(),
+            minutes,
+            self.shared.request_timeout,
+        )
+        .await
+    }
+
+    /// The oldest `limit` documents Elasticsearch refused for good.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ElasticError> {
+        Ok(self
+            .shared
+            .store
+            .run(move |db| outbox::dead_letters(db, limit))
+            .await?)
+    }
+
+    /// Stops the sender after draining the outbox, or at `deadline` (typically
+    /// `Instant::now() + config.drain_timeout`), whichever comes first. An in-flight request is
+    /// abandoned at the deadline; its documents stay in the outbox, and a resend after the next
+    /// start is recognised by its id. Returns the final counters. Idempotent.
+    pub async fn shutdown(&self, deadline: Instant) -> ReporterStats {
+        self.control.shutdown.send_replace(Some(deadline));
+        let task = self
+            .control
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut task) = task {
+            // The task honours the deadline itself; the grace period only guards against a bug
+            // keeping the process from exiting.
+            let grace = deadline + std::time::Duration::from_secs(1);
+            match tokio::time::timeout_at(grace, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "elasticsearch sender task failed"),
+                Err(_) => {
+                    tracing::error!("elasticsearch sender task missed its deadline; aborted");
+                    task.abort();
+                }
+            }
+        }
+        self.stats()
+    }
+}

@@ -1,0 +1,137 @@
+//! GET /report -> one Elasticsearch document each, against a real osmem-server process
+//! (installed by scripts/install-osmem.sh), never slowed or failed by Elasticsearch.
+use crate::helpers::{start_app, test_settings, FixtureServer};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use warp::http::StatusCode;
+
+struct Osmem {
+    child: Child,
+    url: String,
+}
+
+impl Osmem {
+    fn start(addr: &str) -> Osmem {
+        let binary = std::env::var_os("OSMEM_SERVER").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/osmem/bin/osmem-server"),
+            PathBuf::from,
+        );
+        let mut child = Command::new(&binary)
+            .args(["-addr", addr, "-no-stdin-watch", "-parent-pid"])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-osmem.sh)", binary.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap();
+        Osmem {
+            child,
+            url: ready["url"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn documents(&self) -> Vec<Value> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client
+            .post(format!("{}/classifier-reports/_search", self.url))
+            .json(&serde_json::json!({ "size": 1000, "sort": [{ "@timestamp": "asc" }] }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return Vec::new();
+        }
+        let body: Value = response.json().await.unwrap();
+        body["hits"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["_source"].clone())
+            .collect()
+    }
+
+    async fn wait_for_documents(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let docs = self.documents().await;
+            if docs.len() >= n || Instant::now() > deadline {
+                return docs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Osmem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_report_call_becomes_one_document_with_the_report_in_it() {
+    let es = Osmem::start("127.0.0.1:0");
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        data_dir.path(),
+        &["--elasticsearch-url", &es.url, "--instance-id", "test-1"],
+    );
+    let app = start_app(settings, FixtureServer::start().await, data_dir).await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.classify_fixture("/images/cat.bmp").await.0,
+            StatusCode::OK
+        );
+    }
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        reports.push(app.report().await);
+    }
+    let docs = es.wait_for_documents(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        es.documents().await.len(),
+        3,
+        "exactly one document per call"
+    );
+    for (doc, report) in docs.iter().zip(&reports) {
+        assert_eq!(&doc["entries"], &Value::Array(report.clone()));
+        assert_eq!(doc["instance_id"], "test-1");
+        assert_eq!(doc["entries_returned"], 1);
+        assert_eq!(doc["top_count"], 2);
+        assert_eq!(doc["total_requests"], 2);
+        assert!(doc["overall_avg_processing_time"].as_f64().unwrap() > 0.0);
+        assert!(doc["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_down_never_slows_the_report_and_documents_arrive_later() {
+    // Reserve a port, then leave it closed: "Elasticsearch is down".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(data_dir.path(), &["--elasticsearch-url", &url]);
+    let app = start_app(settings, FixtureServer::start().await, data_dir).await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        app.report().await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "report waited for Elasticsearch"
+    );
+    let es = Osmem::start(&format!("127.0.0.1:{port}"));
+    assert_eq!(es.wait_for_documents(5).await.len(), 5);
+}
