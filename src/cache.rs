@@ -37,6 +37,18 @@ pub enum CacheOutcome {
     Joined,
 }
 
+impl CacheOutcome {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::MemoryHit => "memory_hit",
+            Self::DiskHit => "disk_hit",
+            Self::Joined => "joined",
+        }
+    }
+}
+
 /// `Arc<str>`: the memory tier clones an entry on every hit.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -248,6 +260,7 @@ impl Inner {
         }
         // Only remove what we saw expire, not a fresh entry inserted meanwhile.
         self.memory.remove_if(key, |e| e.expires_at_ms <= now);
+        metrics::counter!(crate::metrics::CACHE_EXPIRED).increment(1);
         None
     }
 
@@ -287,7 +300,8 @@ impl Inner {
                 return (Ok(hit), CacheOutcome::DiskHit);
             }
             // Expired rows are left to the purge; the fresh result below overwrites it anyway.
-            Ok(_) => {}
+            Ok(Some(_)) => metrics::counter!(crate::metrics::CACHE_EXPIRED).increment(1),
+            Ok(None) => {}
             // The cache is an optimization: a failed read costs a recomputation, not the request.
             Err(e) => tracing::warn!(error = %e, url = key, "reading cached result failed"),
         }

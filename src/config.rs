@@ -329,6 +329,10 @@ pub struct Settings {
     )]
     pub shutdown_timeout: humantime::Duration,
 
+    /// Turn off the Prometheus recorder (`/metrics` then answers 404); for measuring its cost.
+    #[arg(long, env = "CLASSIFIER_DISABLE_METRICS", global = true)]
+    pub disable_metrics: bool,
+
     /// Log format.
     #[arg(
         long,

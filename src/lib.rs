@@ -15,6 +15,7 @@
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
+//! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
 pub mod admin;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod elastic;
 pub mod error;
 pub mod fetch;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod net_policy;
 pub mod pipeline;

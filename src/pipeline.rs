@@ -1,10 +1,12 @@
 //! The classification itself, without caching: download, decode + resize (off the async workers),
 //! then inference on the model thread.
 use bytes::Bytes;
+use std::time::Instant;
 
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
 use crate::fetch::Fetcher;
+use crate::metrics as metrics_names;
 use crate::model::{Classifier, INPUT_LEN};
 use crate::preprocess::{self, DecodeLimits, ResizeFilter};
 
@@ -19,12 +21,16 @@ pub struct Pipeline {
 impl Pipeline {
     #[tracing::instrument(name = "classify_url", skip(self), fields(url = %url))]
     pub async fn classify_url(&self, url: &ImageUrl) -> Result<Classification, ApiError> {
+        let started = Instant::now();
         let bytes = self.fetcher.fetch(url).await?;
+        metrics::histogram!(metrics_names::DOWNLOAD_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         self.classify_bytes(bytes).await
     }
 
     pub async fn classify_bytes(&self, bytes: Bytes) -> Result<Classification, ApiError> {
         let (limits, filter) = (self.limits, self.filter);
+        let started = Instant::now();
         // Decoding a large JPEG takes milliseconds of CPU: keep it off tokio's workers.
         let input = tokio::task::spawn_blocking(move || {
             let mut input = vec![0.0f32; INPUT_LEN].into_boxed_slice();
@@ -35,6 +41,11 @@ impl Pipeline {
             tracing::error!(error = %e, "preprocessing task failed");
             ApiError::Internal
         })??;
-        Ok(self.classifier.classify(input).await?)
+        metrics::histogram!(metrics_names::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let classification = self.classifier.classify(input).await?;
+        metrics::histogram!(metrics_names::INFERENCE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok(classification)
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -64,6 +65,12 @@ impl Application {
             cache: storage.cache().clone(),
             stats: storage.stats().clone(),
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics: if settings.disable_metrics {
+                None
+            } else {
+                crate::metrics::install()
+            },
         };
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -95,11 +102,15 @@ impl Application {
                 let _ = stop_rx.await;
             })
             .run();
+        // Everything is loaded, warmed and open: ready before we say so.
+        self.state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %self.addr, "ready, listening on http://{}", self.addr);
         let mut server = std::pin::pin!(server);
         tokio::select! {
             () = &mut server => {}
             () = shutdown => {
+                // Load balancers polling /readyz stop sending while in-flight requests finish.
+                self.state.ready.store(false, Ordering::Release);
                 let _ = stop_tx.send(());
                 let grace = self.shutdown_timeout;
                 if tokio::time::timeout(grace, server).await.is_err() {

@@ -1,4 +1,6 @@
 //! What every handler shares. Cheap to clone: everything inside is a handle.
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -22,6 +24,10 @@ pub struct AppState {
     /// Caps classify requests in progress; when none is left, answer 503 at once rather than
     /// queueing without bound (TEI's `try_acquire_permit`).
     pub permits: Arc<Semaphore>,
+    /// True from the end of start-up until shutdown begins: what `/readyz` reports.
+    pub ready: Arc<AtomicBool>,
+    /// `None` when metrics are disabled.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// A classification and how long the request took.
@@ -49,6 +55,7 @@ impl AppState {
             )
             .await?;
         let processing_time = arrived.elapsed();
+        metrics::counter!(crate::metrics::CACHE_LOOKUPS, "outcome" => outcome.label()).increment(1);
         self.stats.record(url, processing_time);
         Ok(Answer {
             classification,

@@ -48,7 +48,12 @@ pub fn token_route(
                     token: issued.token,
                     expires_at: humantime::format_rfc3339_seconds(issued.expires_at).to_string(),
                 }),
-                Err(e) => error_response(&e.into()),
+                Err(e) => {
+                    let error: ApiError = e.into();
+                    metrics::counter!(crate::metrics::LOGIN_FAILURES, "reason" => error.code())
+                        .increment(1);
+                    error_response(&error)
+                }
             }
         })
 }

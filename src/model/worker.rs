@@ -70,6 +70,7 @@ impl InferenceHandle {
             TrySendError::Full(_) => InferError::Overloaded,
             TrySendError::Disconnected(_) => InferError::Stopped,
         })?;
+        metrics::gauge!(crate::metrics::INFERENCE_QUEUE).increment(1.0);
         match answer.await {
             Ok(Ok(probs)) => Ok(probs),
             Ok(Err(message)) => Err(InferError::Engine(EngineError::Run(message))),
@@ -96,6 +97,7 @@ fn run_loop(engine: &Engine, jobs: &mpsc::Receiver<Job>, batching: Batching) {
                 Err(_) => break,
             }
         }
+        metrics::gauge!(crate::metrics::INFERENCE_QUEUE).decrement(batch.len() as f64);
         // A caller that gave up (request cancelled) need not be computed.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
@@ -106,6 +108,7 @@ fn run_loop(engine: &Engine, jobs: &mpsc::Receiver<Job>, batching: Batching) {
             inputs.extend_from_slice(&job.input);
         }
         let n = batch.len();
+        metrics::histogram!(crate::metrics::INFERENCE_BATCH).record(n as f64);
         let started = Instant::now();
         let result = engine.run(&inputs, n);
         let elapsed = started.elapsed();

@@ -10,12 +10,23 @@ pub struct ServerProcess {
     pub addr: String,
     /// Every stderr line the process wrote so far, then more as they come.
     pub lines: mpsc::Receiver<String>,
+    /// What it logged up to and including the "listening" line.
+    pub startup_lines: Vec<String>,
 }
 
 /// Starts the binary and waits for it to report the address it bound. `Err` carries stderr
 /// when it exits before that.
 pub fn start_server(data_dir: &Path, extra: &[&str]) -> Result<ServerProcess, String> {
+    start_server_env(data_dir, extra, &[])
+}
+
+pub fn start_server_env(
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<ServerProcess, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_classifier-api"))
+        .envs(env.iter().copied())
         .args([
             "serve",
             "--listen",
@@ -39,14 +50,26 @@ pub fn start_server(data_dir: &Path, extra: &[&str]) -> Result<ServerProcess, St
         }
     });
     let mut seen = Vec::new();
+    let mut startup_lines = Vec::new();
     loop {
         match lines.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().to_owned();
-                    return Ok(ServerProcess { child, addr, lines });
+                    let addr = rest
+                        .split(|c: char| c.is_whitespace() || c == '"')
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    startup_lines.push(line);
+                    return Ok(ServerProcess {
+                        child,
+                        addr,
+                        lines,
+                        startup_lines,
+                    });
                 }
-                seen.push(line);
+                seen.push(line.clone());
+                startup_lines.push(line);
             }
             Err(_) => {
                 let _ = child.kill();

@@ -1,0 +1,101 @@
+//! One log line and one metrics sample per request, and an `X-Request-Id` on every answer
+//! (the caller's, when it sent a sane one, else a new one), so a client's report can be matched
+//! to our log line.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use warp::http::{HeaderValue, Method};
+use warp::path::FullPath;
+use warp::reply::Response;
+
+use crate::metrics as names;
+
+const HEADER: &str = "x-request-id";
+
+/// The request's route as a metrics label: a fixed set, never the raw path.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/classify-image" => "/classify-image",
+        "/report" => "/report",
+        "/report/history" => "/report/history",
+        "/token" => "/token",
+        "/secret" => "/secret",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.yaml" => "/openapi.yaml",
+        "/" => "/",
+        _ => "other",
+    }
+}
+
+/// Up to 128 visible ASCII characters; anything else is replaced, not echoed into our logs.
+fn accepted(id: Option<String>) -> Option<String> {
+    id.filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// Unique per process (counter) and across restarts (start-time seed): no dependency needed.
+fn generate() -> String {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    });
+    format!("{seed:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn finish(
+    started: Instant,
+    method: Method,
+    path: FullPath,
+    request_id: Option<String>,
+    mut response: Response,
+) -> Response {
+    let id = accepted(request_id).unwrap_or_else(generate);
+    let route = route_label(path.as_str());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    tracing::info!(
+        target: "classifier_api::access",
+        method = %method,
+        route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        request_id = %id,
+        "request"
+    );
+    metrics::counter!(names::HTTP_REQUESTS, "route" => route, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "route" => route).record(elapsed.as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(HEADER, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_sane_ids_and_replaces_others() {
+        assert_eq!(accepted(Some("abc-123".into())).as_deref(), Some("abc-123"));
+        assert_eq!(accepted(Some(String::new())), None);
+        assert_eq!(accepted(Some("has space".into())), None);
+        assert_eq!(accepted(Some("x".repeat(129))), None);
+        assert_eq!(accepted(Some("é".into())), None);
+        assert_ne!(generate(), generate());
+    }
+
+    #[test]
+    fn routes_are_a_closed_set() {
+        assert_eq!(route_label("/report"), "/report");
+        assert_eq!(route_label("/anything/else?x=1"), "other");
+    }
+}

@@ -1,0 +1,64 @@
+//! For operators and orchestrators: liveness, readiness, Prometheus metrics, the OpenAPI spec.
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::reply::error_response;
+use super::with_state;
+use crate::error::ApiError;
+use crate::metrics as names;
+use crate::state::AppState;
+
+/// The spec in the repository, served as it is.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({ "status": "ok" })).into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .map(|state: AppState| {
+            let (body, status) = if state.ready.load(Ordering::Acquire) {
+                ("ready", StatusCode::OK)
+            } else {
+                ("not_ready", StatusCode::SERVICE_UNAVAILABLE)
+            };
+            warp::reply::with_status(warp::reply::json(&json!({ "status": body })), status)
+                .into_response()
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(render_metrics);
+    let openapi = warp::path!("openapi.yaml").and(warp::get()).map(|| {
+        warp::reply::with_header(OPENAPI, "content-type", "application/yaml").into_response()
+    });
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(openapi)
+        .unify()
+}
+
+fn render_metrics(state: AppState) -> Response {
+    let Some(handle) = &state.metrics else {
+        return error_response(&ApiError::NotFound);
+    };
+    // The reporter keeps its own counters; copy them at scrape time.
+    if let Some(reporter) = &state.reporter {
+        let s = reporter.stats();
+        metrics::gauge!(names::ES_OUTBOX_DEPTH).set(s.outbox_depth as f64);
+        metrics::gauge!(names::ES_SENT).set(s.sent as f64);
+        metrics::gauge!(names::ES_FAILED).set(s.failed_attempts as f64);
+        metrics::gauge!(names::ES_DEAD).set(s.dead_lettered as f64);
+        metrics::gauge!(names::ES_DROPPED).set(s.dropped as f64);
+    }
+    warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4")
+        .into_response()
+}

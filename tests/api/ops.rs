@@ -1,0 +1,161 @@
+//! Operability: health, readiness, metrics, request ids, logs, graceful shutdown.
+use crate::helpers::{spawn_app, FixtureServer};
+use crate::process::start_server_env;
+use std::time::Duration;
+
+#[tokio::test]
+async fn health_readiness_and_spec() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (200, Some("ready"))
+    );
+    let spec = app
+        .client
+        .get(app.url("/openapi.yaml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spec.headers()["content-type"], "application/yaml");
+    let text = spec.text().await.unwrap();
+    assert_eq!(
+        text,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_stages_without_urls() {
+    let app = spawn_app().await;
+    app.classify_fixture("/images/cat.bmp").await;
+    app.classify_fixture("/images/cat.bmp").await;
+    app.classify_fixture("/status/404").await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"classifier_http_requests_total{route="/classify-image",status="200"}"#,
+        r#"classifier_http_requests_total{route="/classify-image",status="502"}"#,
+        r#"classifier_cache_lookups_total{outcome="fresh"}"#,
+        r#"classifier_cache_lookups_total{outcome="memory_hit"}"#,
+        "classifier_download_seconds_bucket",
+        "classifier_decode_seconds_bucket",
+        "classifier_inference_seconds_bucket",
+        "classifier_inference_batch_size_bucket",
+        "classifier_inference_queue_depth",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(
+        !text.contains("cat.bmp") && !text.contains("127.0.0.1"),
+        "no URLs in labels"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let app = spawn_app().await;
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "abc-123");
+    let made = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(made.status(), 404);
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(!id.is_empty());
+    let bad = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "a b")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(bad.headers()["x-request-id"], "a b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_one_line_per_request_no_secrets_and_sigterm_lets_requests_finish() {
+    let fixtures = FixtureServer::start().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let dir = data_dir.path().to_owned();
+    let secret_key = biscuit_auth::KeyPair::new().private().to_prefixed_string();
+    let key_for_server = secret_key.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        start_server_env(
+            &dir,
+            &[
+                "--log-format",
+                "json",
+                "--elasticsearch-url",
+                "http://127.0.0.1:1",
+                "--elasticsearch-username",
+                "elastic",
+            ],
+            &[
+                ("CLASSIFIER_ROOT_KEY", &key_for_server),
+                ("CLASSIFIER_ELASTICSEARCH_PASSWORD", "hunter2-es-pass"),
+            ],
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A slow request is in flight when SIGTERM arrives: it must still be answered.
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), server.url("/classify-image"));
+        let image = fixtures.url("/delayed/cat.bmp");
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({ "image_url": image }))
+                .send()
+                .await
+        }
+    });
+    while fixtures.hits("/delayed/cat.bmp") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let startup = server.startup_lines.join("\n");
+    let (status, rest) = tokio::task::spawn_blocking(move || server.sigterm())
+        .await
+        .unwrap();
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "in-flight request finished");
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+
+    let log = format!("{startup}\n{rest}");
+    assert!(!log.contains(&secret_key), "root key in the log");
+    assert!(
+        !log.contains("hunter2-es-pass"),
+        "Elasticsearch password in the log"
+    );
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(access.len(), 1, "one line per request:\n{log}");
+    let line = &access[0];
+    assert_eq!(line["route"], "/classify-image");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["method"], "POST");
+    assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+}
