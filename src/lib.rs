@@ -11,7 +11,8 @@
 //! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1].
 //! - `model`: the TensorFlow session on its own thread, with dynamic batching.
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
-//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`.
+//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
+//!   `history`: requests per minute for `/report/history` (in-memory ring, pluggable source).
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod fetch;
+pub mod history;
 pub mod http;
 pub mod model;
 pub mod net_policy;

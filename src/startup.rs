@@ -12,6 +12,7 @@ use crate::auth::{load_or_create_root_key, Auth, KeyPair};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
 use crate::fetch::{FetchConfig, Fetcher};
+use crate::history::History;
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
 use crate::preprocess::DecodeLimits;
@@ -51,6 +52,7 @@ impl Application {
             pipeline,
             cache: storage.cache().clone(),
             stats: storage.stats().clone(),
+            history: History::in_memory(clock),
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
         };
         let listener = TcpListener::bind(settings.listen)

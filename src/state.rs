@@ -7,6 +7,7 @@ use crate::auth::Auth;
 use crate::cache::{CacheOutcome, ResultCache};
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
+use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::stats::Stats;
 
@@ -16,6 +17,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub cache: ResultCache,
     pub stats: Stats,
+    /// Requests per minute for `/report/history`.
+    pub history: History,
     /// Caps classify requests in progress; when none is left, answer 503 at once rather than
     /// queueing without bound (TEI's `try_acquire_permit`).
     pub permits: Arc<Semaphore>,
@@ -47,6 +50,7 @@ impl AppState {
             .await?;
         let processing_time = arrived.elapsed();
         self.stats.record(url, processing_time);
+        self.history.record(processing_time);
         Ok(Answer {
             classification,
             outcome,

@@ -2,6 +2,7 @@
 //! rejection into the JSON error body.
 mod auth;
 mod classify;
+mod history;
 mod rejection;
 mod reply;
 mod report;
@@ -19,7 +20,9 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(auth::token_route(state.clone()))
         .unify()
-        .or(auth::secret_route(state))
+        .or(auth::secret_route(state.clone()))
+        .unify()
+        .or(history::route(state))
         .unify()
         .recover(rejection::handle)
 }

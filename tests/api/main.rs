@@ -6,6 +6,7 @@ mod cli;
 mod errors;
 mod golden;
 mod helpers;
+mod history;
 mod process;
 mod report;
 mod secret;
