@@ -3,7 +3,8 @@
 //! # Layout
 //! - `config`: flags and `CLASSIFIER_*` environment variables.
 //! - `startup`: builds the application (model, fetcher, listener) and serves until stopped.
-//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error.
+//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error. `http::web`
+//!   serves the page for people (`web/`, embedded).
 //! - `error`: the single table from failure to HTTP status and stable error code.
 //! - `state`: what handlers share; `pipeline`: fetch -> preprocess -> infer.
 //! - `fetch` + `net_policy`: downloads untrusted URLs safely (no private destinations, size and

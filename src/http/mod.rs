@@ -6,6 +6,7 @@ mod history;
 mod rejection;
 mod reply;
 mod report;
+mod web;
 
 use std::convert::Infallible;
 use warp::{Filter, Reply};
@@ -23,6 +24,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(auth::secret_route(state.clone()))
         .unify()
         .or(history::route(state))
+        .unify()
+        .or(web::route())
         .unify()
         .recover(rejection::handle)
 }
