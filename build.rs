@@ -13,6 +13,8 @@ const EMBEDDED: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=assets");
+    // The page (src/http/web.rs) is embedded too: a file added to web/ must rebuild.
+    println!("cargo:rerun-if-changed=web");
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let missing: Vec<_> = EMBEDDED
         .iter()

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `config`: flags and `CLASSIFIER_*` environment variables.
 //! - `startup`: builds the application (model, fetcher, listener) and serves until stopped.
-//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error.
+//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error. `http::web`
+//!   serves the page for people (`web/`, embedded).
 //! - `error`: the single table from failure to HTTP status and stable error code.
 //! - `state`: what handlers share; `pipeline`: fetch -> preprocess -> infer.
 //! - `fetch` + `net_policy`: downloads untrusted URLs safely (no private destinations, size and
@@ -11,7 +12,8 @@
 //! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1].
 //! - `model`: the TensorFlow session on its own thread, with dynamic batching.
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
-//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`.
+//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
+//!   `history`: requests per minute for `/report/history` (in-memory ring, pluggable source).
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
@@ -26,6 +28,7 @@ pub mod domain;
 pub mod elastic;
 pub mod error;
 pub mod fetch;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;

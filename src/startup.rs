@@ -14,6 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::fetch::{FetchConfig, Fetcher};
+use crate::history::History;
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
 use crate::preprocess::DecodeLimits;
@@ -59,11 +60,15 @@ impl Application {
         };
         let pipeline = build_pipeline(&settings).await?;
         let state = AppState {
-            reporter,
+            reporter: reporter.clone(),
             auth,
             pipeline,
             cache: storage.cache().clone(),
             stats: storage.stats().clone(),
+            history: match &reporter {
+                Some(reporter) => History::elasticsearch(clock, reporter.clone()),
+                None => History::in_memory(clock),
+            },
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
             ready: Arc::new(AtomicBool::new(false)),
             metrics: if settings.disable_metrics {

@@ -10,6 +10,7 @@ use crate::cache::{CacheOutcome, ResultCache};
 use crate::domain::{Classification, ImageUrl};
 use crate::elastic::Reporter;
 use crate::error::ApiError;
+use crate::history::History;
 use crate::pipeline::Pipeline;
 use crate::stats::Stats;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub stats: Stats,
     /// Set when Elasticsearch reporting is configured.
     pub reporter: Option<Reporter>,
+    /// Requests per minute for `/report/history`.
+    pub history: History,
     /// Caps classify requests in progress; when none is left, answer 503 at once rather than
     /// queueing without bound (TEI's `try_acquire_permit`).
     pub permits: Arc<Semaphore>,
@@ -57,6 +60,7 @@ impl AppState {
         let processing_time = arrived.elapsed();
         metrics::counter!(crate::metrics::CACHE_LOOKUPS, "outcome" => outcome.label()).increment(1);
         self.stats.record(url, processing_time);
+        self.history.record(processing_time);
         Ok(Answer {
             classification,
             outcome,

@@ -3,10 +3,12 @@
 mod access_log;
 mod auth;
 mod classify;
+mod history;
 mod ops;
 mod rejection;
 mod reply;
 mod report;
+mod web;
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -24,7 +26,11 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(auth::secret_route(state.clone()))
         .unify()
-        .or(ops::routes(state))
+        .or(ops::routes(state.clone()))
+        .unify()
+        .or(history::route(state))
+        .unify()
+        .or(web::route())
         .unify()
         .recover(rejection::handle)
         .unify();

@@ -135,3 +135,33 @@ async fn elasticsearch_down_never_slows_the_report_and_documents_arrive_later() 
     let es = Osmem::start(&format!("127.0.0.1:{port}"));
     assert_eq!(es.wait_for_documents(5).await.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_comes_from_the_report_documents_when_elasticsearch_is_configured() {
+    use classifier_api::clock::ManualClock;
+    let es = Osmem::start("127.0.0.1:0");
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(data_dir.path(), &["--elasticsearch-url", &es.url]);
+    let app = crate::helpers::start_app_with_clock(
+        settings,
+        FixtureServer::start().await,
+        data_dir,
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await;
+    app.report().await; // anchors: 0 requests so far
+    clock.advance(Duration::from_secs(60));
+    for path in ["/images/cat.bmp", "/images/cat.bmp", "/images/bird.bmp"] {
+        assert_eq!(app.classify_fixture(path).await.0, StatusCode::OK);
+    }
+    app.report().await;
+    es.wait_for_documents(2).await;
+    let (status, body) = app.get("/report/history?minutes=10").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["source"], "elasticsearch");
+    let points = body["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{body}");
+    assert_eq!(points[0]["requests"], 3, "{body}");
+    assert!(points[0]["avg_processing_time"].as_f64().unwrap() > 0.0);
+}

@@ -7,6 +7,7 @@ mod elastic;
 mod errors;
 mod golden;
 mod helpers;
+mod history;
 mod ops;
 mod process;
 mod report;
