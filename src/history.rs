@@ -32,14 +32,6 @@ pub struct HistoryPoint {
     pub avg_processing_time: f64,
 }
 
-/// Why a history source could not answer. The memory ring always answers; remote sources
-/// (Elasticsearch) can fail.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("history source unavailable: {0}")]
-    Unavailable(String),
-}
-
 /// Where `/report/history` reads from: the memory ring, or, when it is configured, the report
 /// documents in Elasticsearch (history across restarts and instances). The memory ring keeps
 /// recording either way (it costs a mutex and an add).
@@ -94,17 +86,20 @@ impl History {
     }
 
     /// Minutes with traffic among the last `minutes` (the current, unfinished minute included),
-    /// oldest first.
-    pub async fn points(&self, minutes: u32) -> Result<Vec<HistoryPoint>, HistoryError> {
+    /// oldest first, and the name of the source that answered. When Elasticsearch cannot answer,
+    /// this instance's memory ring does (the dashboard keeps working; the log says why).
+    pub async fn points(&self, minutes: u32) -> (&'static str, Vec<HistoryPoint>) {
         match &self.source {
-            Source::Memory => Ok(self.memory.points(minutes)),
+            Source::Memory => (self.source.name(), self.memory.points(minutes)),
             Source::Elasticsearch(reporter) => {
                 // One minute more than asked: the first bucket only anchors the first difference.
-                let buckets = reporter
-                    .history(minutes + 1)
-                    .await
-                    .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-                Ok(per_minute(&buckets))
+                match reporter.history(minutes + 1).await {
+                    Ok(buckets) => (self.source.name(), per_minute(&buckets)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history from Elasticsearch failed; answering from memory");
+                        (Source::Memory.name(), self.memory.points(minutes))
+                    }
+                }
             }
         }
     }
@@ -346,9 +341,10 @@ mod tests {
         let clock = clock(0);
         let history = History::in_memory(Arc::new(clock.clone()));
         assert_eq!(history.source().name(), "memory");
-        assert!(history.points(60).await.unwrap().is_empty());
+        assert!(history.points(60).await.1.is_empty());
         history.record(ms(40));
-        let points = history.points(60).await.unwrap();
+        let (source, points) = history.points(60).await;
+        assert_eq!(source, "memory");
         assert_eq!(summary(&points), vec![("2026-11-26T19:00:00Z", 1, 0.04)]);
     }
 

@@ -24,7 +24,17 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/openapi.yaml" => "/openapi.yaml",
         "/" => "/",
+        p if p.starts_with("/web/") => "/web/*",
         _ => "other",
+    }
+}
+
+/// What a 405 answer's `Allow` header lists for a known route (HTTP requires it).
+fn allowed_methods(route: &str) -> Option<&'static str> {
+    match route {
+        "/classify-image" | "/token" => Some("POST"),
+        "other" => None,
+        _ => Some("GET, HEAD"),
     }
 }
 
@@ -76,6 +86,13 @@ pub fn finish(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
+    if status == 405 {
+        if let Some(allow) = allowed_methods(route) {
+            response
+                .headers_mut()
+                .insert("allow", HeaderValue::from_static(allow));
+        }
+    }
     response
 }
 
@@ -97,5 +114,8 @@ mod tests {
     fn routes_are_a_closed_set() {
         assert_eq!(route_label("/report"), "/report");
         assert_eq!(route_label("/anything/else?x=1"), "other");
+        assert_eq!(allowed_methods("/token"), Some("POST"));
+        assert_eq!(allowed_methods("/metrics"), Some("GET, HEAD"));
+        assert_eq!(route_label("/web/app.js"), "/web/*");
     }
 }

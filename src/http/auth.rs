@@ -62,8 +62,8 @@ pub fn secret_route(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("secret")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(super::get_or_head())
+        .and(super::header_text("authorization"))
         .and(with_state(state))
         .then(
             |authorization: Option<String>, state: AppState| async move {

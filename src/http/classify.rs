@@ -16,7 +16,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Reje
         .and(warp::post())
         // Taken before the body is read: processing_time runs from the request's arrival.
         .map(Instant::now)
-        .and(warp::header::optional::<String>("content-type"))
+        .and(super::header_text("content-type"))
         .and(warp::body::content_length_limit(MAX_REQUEST_BODY))
         .and(warp::body::bytes())
         .and(with_state(state))

@@ -24,7 +24,7 @@ struct HistoryResponse {
 
 pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("report" / "history")
-        .and(warp::get())
+        .and(super::get_or_head())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with_state(state))
         .then(handle)
@@ -35,17 +35,12 @@ async fn handle(query: String, state: AppState) -> Response {
         Ok(m) => m,
         Err(e) => return error_response(&e),
     };
-    match state.history.points(minutes).await {
-        Ok(points) => json_response(&HistoryResponse {
-            source: state.history.source().name(),
-            minutes,
-            points,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "reading the request history failed");
-            error_response(&ApiError::Internal)
-        }
-    }
+    let (source, points) = state.history.points(minutes).await;
+    json_response(&HistoryResponse {
+        source,
+        minutes,
+        points,
+    })
 }
 
 /// `minutes` from the query string: a whole number in 1..=1440, 60 when absent. Other parameters

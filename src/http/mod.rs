@@ -38,16 +38,27 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(Instant::now)
         .and(warp::method())
         .and(warp::path::full())
-        // Not `header::optional::<String>`: a non-UTF-8 id would reject the whole request.
-        .and(
-            warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
-                h.get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            }),
-        )
+        .and(header_text("x-request-id"))
         .and(api)
         .map(access_log::finish)
+}
+
+/// A header as text, never a rejection: `warp::header::optional::<String>` rejects a value that
+/// is not UTF-8, which would turn a client's odd byte into a 500. Such bytes become U+FFFD, and
+/// the handler then refuses the value for what it is (an invalid token, a non-JSON type).
+fn header_text(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::headers_cloned().map(move |headers: warp::http::HeaderMap| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    })
+}
+
+/// GET, and HEAD with the same headers and no body (hyper drops it), as HTTP requires.
+fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
 }
 
 /// Hands the shared state to a handler.

@@ -16,10 +16,10 @@ const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let healthz = warp::path!("healthz")
-        .and(warp::get())
+        .and(super::get_or_head())
         .map(|| warp::reply::json(&json!({ "status": "ok" })).into_response());
     let readyz = warp::path!("readyz")
-        .and(warp::get())
+        .and(super::get_or_head())
         .and(with_state(state.clone()))
         .map(|state: AppState| {
             let (body, status) = if state.ready.load(Ordering::Acquire) {
@@ -31,12 +31,14 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rej
                 .into_response()
         });
     let metrics = warp::path!("metrics")
-        .and(warp::get())
+        .and(super::get_or_head())
         .and(with_state(state))
         .map(render_metrics);
-    let openapi = warp::path!("openapi.yaml").and(warp::get()).map(|| {
-        warp::reply::with_header(OPENAPI, "content-type", "application/yaml").into_response()
-    });
+    let openapi = warp::path!("openapi.yaml")
+        .and(super::get_or_head())
+        .map(|| {
+            warp::reply::with_header(OPENAPI, "content-type", "application/yaml").into_response()
+        });
     healthz
         .or(readyz)
         .unify()

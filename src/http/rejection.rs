@@ -1,6 +1,6 @@
 //! Rejections (warp's "this route did not match or could not read the request") as JSON errors.
 use std::convert::Infallible;
-use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Rejection};
+use warp::reject::{InvalidHeader, LengthRequired, MethodNotAllowed, PayloadTooLarge, Rejection};
 use warp::reply::Response;
 
 use super::reply::error_response;
@@ -18,6 +18,8 @@ pub async fn handle(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::RequestTooLarge(MAX_REQUEST_BODY)
     } else if rejection.find::<LengthRequired>().is_some() {
         ApiError::LengthRequired
+    } else if rejection.find::<InvalidHeader>().is_some() {
+        ApiError::InvalidRequest("a request header is malformed".into())
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else {

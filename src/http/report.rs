@@ -14,7 +14,7 @@ pub const TOP_N: usize = 10;
 
 pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("report")
-        .and(warp::get())
+        .and(super::get_or_head())
         .and(with_state(state))
         .then(handle)
 }

@@ -21,7 +21,7 @@ pub fn route() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone 
     index
         .or(file)
         .unify()
-        .and(warp::get())
+        .and(super::get_or_head())
         .and_then(|name: String| async move { serve(&name).ok_or_else(warp::reject::not_found) })
 }
 

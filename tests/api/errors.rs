@@ -165,3 +165,48 @@ async fn overload_answers_503_at_once() {
     );
     slow.abort();
 }
+
+#[tokio::test]
+async fn wrong_methods_list_the_allowed_ones_and_head_works() {
+    let app = spawn_app().await;
+    let wrong = app
+        .client
+        .get(app.url("/classify-image"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.headers()["allow"], "POST");
+    let wrong = app.client.delete(app.url("/report")).send().await.unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "GET, HEAD");
+    let head = app.client.head(app.url("/report")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+}
+
+#[tokio::test]
+async fn headers_that_are_not_utf8_are_refused_for_what_they_are() {
+    let app = spawn_app().await;
+    let bad = warp::http::HeaderValue::from_bytes(b"Bearer \xe9").unwrap();
+    let response = app
+        .client
+        .get(app.url("/secret"))
+        .header("authorization", bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let bad_type = warp::http::HeaderValue::from_bytes(b"application/json\xe9").unwrap();
+    let response = app
+        .client
+        .post(app.url("/classify-image"))
+        .header("content-type", bad_type)
+        .body(r#"{"image_url":"http://a.com/x.jpg"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = crate::helpers::read_json(response).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+}
