@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every performance figure with its anchor, measured in one run on this machine:
+#  1. cargo bench --bench pipeline: model only (frozen graph vs SavedModel, batch 1 and 8),
+#     decode+resize per photo size, end to end over loopback at c=1 and c=8 (new URL per request);
+#  2. cargo bench --bench report: top(10) with BENCH_URLS (1 000 000) distinct URLs, file size;
+#  3. HTTP with wrk (one thread, like the Python peer's figures): cached hits at 64 connections
+#     with and without metrics+access log, GET /report p50 on the 1M-URL store, start-to-ready
+#     time and peak RSS of the release binary.
+# Usage: ./scripts/bench.sh   (BENCH_URLS=100000 for a quicker run)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+./scripts/setup.sh >/dev/null
+if ! command -v wrk >/dev/null; then
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+fi
+cargo build --release --locked 2>&1 | tail -1
+bin="$root/target/release/classifier-api"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "## pipeline (model, decode, end to end)"
+cargo bench --locked --bench pipeline 2>/dev/null | grep -v '^$'
+echo "## report store"
+BENCH_DATA_DIR="$work/report" cargo bench --locked --bench report 2>/dev/null | grep -v '^$'
+
+# A static image server for the HTTP runs.
+python3 -m http.server 0 --bind 127.0.0.1 --directory fixtures/shared/images >"$work/http.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q "port" "$work/http.log" && break; sleep 0.1; done
+img_port=$(grep -o 'port [0-9]*' "$work/http.log" | head -1 | cut -d' ' -f2)
+
+# start_server DATA_DIR [args...]: sets $addr, $server_pid and $ready_ms.
+start_server() {
+  local dir="$1"; shift
+  local log="$work/server-$RANDOM.log"
+  local t0; t0=$(date +%s%N)
+  TF_CPP_MIN_LOG_LEVEL=3 "$bin" serve --listen 127.0.0.1:0 --data-dir "$dir" --allow-private-networks "$@" 2>"$log" &
+  server_pid=$!; pids+=("$server_pid")
+  for _ in $(seq 300); do grep -q "listening on http://" "$log" && break; sleep 0.01; done
+  ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  addr=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's#listening on http://##')
+}
+
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"image_url":"http://127.0.0.1:$img_port/cat.bmp"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+# cached_hits LABEL: 10 s, 64 connections, one URL already in the cache.
+cached_hits() {
+  curl -s -X POST -H 'Content-Type: application/json' \
+    -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$addr/classify-image" >/dev/null
+  local out; out=$(wrk -t1 -c64 -d10s --latency -s "$work/post.lua" "http://$addr/classify-image")
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "cached hits, c=64, 10 s ($1): $rps req/s, p50 $p50, p99 $p99"
+  rps_last=$rps
+}
+
+echo "## HTTP (wrk -t1)"
+start_server "$work/hits"
+echo "start to ready (default model, release): ${ready_ms} ms"
+cached_hits "metrics + access log on"
+with=$rps_last
+rss=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+RUST_LOG=warn start_server "$work/hits" --disable-metrics
+cached_hits "metrics off, access log off"
+without=$rps_last
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+python3 -c "print(f'metrics+logging overhead on cached hits: {$with}/{$without} = {$with/$without:.3f} of the throughput without')"
+echo "peak RSS after cached-hit load: $((rss / 1024)) MiB"
+
+start_server "$work/report"
+out=$(wrk -t1 -c1 -d5s --latency "http://$addr/report")
+echo "GET /report, c=1, 5 s, store filled above: p50 $(echo "$out" | awk '$1=="50%" {print $2}'), p99 $(echo "$out" | awk '$1=="99%" {print $2}'), $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
