@@ -445,6 +445,18 @@ mod tests {
     }
 
     /// A compute that counts its calls and returns `cat()` after `delay`.
+    /// One `get_or_compute` with the counting closure: the call most tests repeat.
+    async fn lookup(
+        cache: &ResultCache,
+        key: &ImageUrl,
+        calls: &Arc<AtomicUsize>,
+    ) -> (Classification, CacheOutcome) {
+        cache
+            .get_or_compute(key, counting(calls, Duration::ZERO))
+            .await
+            .unwrap()
+    }
+
     fn counting(
         calls: &Arc<AtomicUsize>,
         delay: Duration,
@@ -492,33 +504,21 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let key = url("http://img/cat.jpg");
 
-        let (c, o) = cache
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (c, o) = lookup(cache, &key, &calls).await;
         assert_eq!((c, o), (cat(), CacheOutcome::Fresh));
-        let (_, o) = cache
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &key, &calls).await;
         assert_eq!(o, CacheOutcome::MemoryHit);
 
         // One millisecond before expiry: still served.
         clock.advance(HOUR - Duration::from_millis(1));
-        let (_, o) = cache
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &key, &calls).await;
         assert_eq!(o, CacheOutcome::MemoryHit);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         // At expiry: neither memory nor disk (flushed, same expiry) may serve it.
         storage.flush().await.unwrap();
         clock.advance(Duration::from_millis(1));
-        let (_, o) = cache
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &key, &calls).await;
         assert_eq!(o, CacheOutcome::Fresh);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         storage.shutdown().await.unwrap();
@@ -533,17 +533,9 @@ mod tests {
         let late = url("http://img/late.jpg");
         {
             let storage = open(tmp.path(), &clock, config()).await;
-            storage
-                .cache()
-                .get_or_compute(&early, counting(&calls, Duration::ZERO))
-                .await
-                .unwrap();
+            lookup(storage.cache(), &early, &calls).await;
             clock.advance(HOUR / 2);
-            storage
-                .cache()
-                .get_or_compute(&late, counting(&calls, Duration::ZERO))
-                .await
-                .unwrap();
+            lookup(storage.cache(), &late, &calls).await;
             // Not flushed: shutdown commits the pending puts.
             storage.shutdown().await.unwrap();
         }
@@ -551,30 +543,18 @@ mod tests {
 
         let storage = open(tmp.path(), &clock, config()).await;
         let cache = storage.cache();
-        let (c, o) = cache
-            .get_or_compute(&early, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (c, o) = lookup(cache, &early, &calls).await;
         assert_eq!((c, o), (cat(), CacheOutcome::DiskHit));
-        let (_, o) = cache
-            .get_or_compute(&early, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &early, &calls).await;
         assert_eq!(o, CacheOutcome::MemoryHit);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
 
         // `early` is now past its TTL on disk and in memory (promotion kept its expiry);
         // `late` still has half an hour.
         clock.advance(HOUR / 2);
-        let (_, o) = cache
-            .get_or_compute(&early, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &early, &calls).await;
         assert_eq!(o, CacheOutcome::Fresh);
-        let (_, o) = cache
-            .get_or_compute(&late, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(cache, &late, &calls).await;
         assert_eq!(o, CacheOutcome::DiskHit);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         storage.shutdown().await.unwrap();
@@ -587,20 +567,12 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let key = url("http://img/old.jpg");
         let storage = open(tmp.path(), &clock, config()).await;
-        storage
-            .cache()
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        lookup(storage.cache(), &key, &calls).await;
         storage.shutdown().await.unwrap();
 
         clock.advance(HOUR * 2);
         let storage = open(tmp.path(), &clock, config()).await;
-        let (_, o) = storage
-            .cache()
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(storage.cache(), &key, &calls).await;
         assert_eq!(o, CacheOutcome::Fresh);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         storage.shutdown().await.unwrap();
@@ -669,11 +641,7 @@ mod tests {
         // Nothing cached, in memory or on disk.
         storage.flush().await.unwrap();
         assert_eq!(disk_rows(storage.store()), (vec![], vec![]));
-        let (_, o) = storage
-            .cache()
-            .get_or_compute(&key, counting(&calls, Duration::ZERO))
-            .await
-            .unwrap();
+        let (_, o) = lookup(storage.cache(), &key, &calls).await;
         assert_eq!(o, CacheOutcome::Fresh);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         storage.shutdown().await.unwrap();
