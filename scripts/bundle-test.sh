@@ -107,4 +107,4 @@ serve() {
 }
 stage "serve + POST /classify-image (env -i)" serve
 
-echo "bundle test: 3 passed, 0 failed"
+echo "bundle: 3 passed, 0 failed"
