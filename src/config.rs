@@ -27,6 +27,8 @@ pub enum Command {
         /// A path to an image file, or an http(s) URL.
         target: String,
     },
+    /// Exit 0 if the server on --listen answers GET /healthz (for container HEALTHCHECKs).
+    Healthcheck,
     /// Manage the users who may ask for tokens (the server must not be running on the same
     /// data dir: the database admits one process at a time).
     #[command(subcommand)]

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.settings)),
         Command::Classify { target } => runtime.block_on(classify(cli.settings, &target)),
+        Command::Healthcheck => runtime.block_on(healthcheck(&cli.settings)),
         Command::User(command) => admin::user(&cli.settings, command).map(|()| ExitCode::SUCCESS),
         Command::Key(command) => admin::key(&cli.settings, command).map(|()| ExitCode::SUCCESS),
         Command::Token(command) => admin::token(&cli.settings, command).map(|()| ExitCode::SUCCESS),
@@ -77,4 +78,19 @@ async fn classify(settings: Settings, target: &str) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `classifier-api healthcheck`: GET /healthz on the --listen port (an unspecified listen address
+/// is probed on loopback).
+async fn healthcheck(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let status = client.get(format!("http://{addr}/healthz")).send().await?.status();
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

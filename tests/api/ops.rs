@@ -159,3 +159,18 @@ async fn json_logs_one_line_per_request_no_secrets_and_sigterm_lets_requests_fin
     assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_command_probes_a_running_server() {
+    let app = spawn_app().await;
+    let probe = |listen: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_classifier-api"))
+            .args(["healthcheck", "--listen", &listen])
+            .status()
+            .unwrap()
+    };
+    let up = app.addr.to_string();
+    assert!(tokio::task::spawn_blocking(move || probe(up)).await.unwrap().success());
+    let nobody = "127.0.0.1:1".to_owned();
+    assert!(!tokio::task::spawn_blocking(move || probe(nobody)).await.unwrap().success());
+}

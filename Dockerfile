@@ -1,0 +1,78 @@
+# classifier-api: MobileNet image classification over HTTP, with the model embedded.
+#
+#   ./scripts/fetch-assets.sh            # the build embeds assets/ (git-ignored): fetch it first
+#   docker build -t classifier-api .
+#   docker run -p 8080:8080 -v classifier-data:/data classifier-api
+#
+# Configuration: the same CLASSIFIER_* environment variables as outside a container (readme.md).
+
+########## builder: libtensorflow from PyPI, then a release build ##########
+FROM rust:1.95-bookworm AS builder
+
+# install-tensorflow.sh fetches the tensorflow-cpu wheel with `pip download` (no install, so no
+# --break-system-packages), unzips it with python3 and strips the libraries (binutils, already here).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-pip pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /build
+
+# 1) TensorFlow's C library into /build/.deps/libtensorflow, where .cargo/config.toml points
+#    pkg-config. Depends only on the script: source changes never download the wheel again.
+COPY scripts/install-tensorflow.sh scripts/
+RUN ./scripts/install-tensorflow.sh
+
+# 2) Every dependency, built against placeholder sources. This layer depends on the manifest, the
+#    lock file, build.rs and the (sha256-pinned) assets that build.rs checks for, not on src/.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
+COPY assets assets
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/pipeline.rs \
+ && echo 'fn main() {}' > benches/report.rs \
+ && cargo build --release --locked \
+ && rm -rf src benches
+
+# 3) The real sources. COPY keeps the files' own mtimes, which may be older than the placeholder
+#    build: touch the crate roots so cargo rebuilds our crate (and only our crate).
+COPY src src
+COPY benches benches
+COPY web web
+COPY openapi.yaml ./
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked \
+ && cp target/release/classifier-api /classifier-api
+
+########## runtime: the binary, the two TensorFlow libraries, CA certificates ##########
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin classifier \
+ && mkdir /data \
+ && chown classifier:classifier /data
+
+# The binary's rpath includes $ORIGIN/lib (build.rs): /app/lib is found without LD_LIBRARY_PATH.
+COPY --from=builder /build/.deps/libtensorflow/lib/libtensorflow_cc.so.2 \
+                    /build/.deps/libtensorflow/lib/libtensorflow_framework.so.2 /app/lib/
+COPY --from=builder /classifier-api /app/classifier-api
+
+ENV CLASSIFIER_LISTEN=0.0.0.0:8080 \
+    CLASSIFIER_DATA_DIR=/data \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+# Cache, statistics, users and the token root key live here: keep it on a volume.
+VOLUME ["/data"]
+EXPOSE 8080
+USER classifier:classifier
+WORKDIR /data
+
+# The image has no curl: the binary probes its own GET /healthz on CLASSIFIER_LISTEN's port.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s CMD ["/app/classifier-api", "healthcheck"]
+
+ENTRYPOINT ["/app/classifier-api"]
+CMD ["serve"]
