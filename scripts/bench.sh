@@ -70,7 +70,7 @@ cached_hits "metrics + access log on"
 with=$rps_last
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-RUST_LOG=warn start_server "$work/hits" --disable-metrics
+RUST_LOG=info,classifier_api::access=off start_server "$work/hits" --disable-metrics
 cached_hits "metrics off, access log off"
 without=$rps_last
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true

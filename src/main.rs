@@ -91,6 +91,14 @@ async fn healthcheck(settings: &Settings) -> anyhow::Result<ExitCode> {
         .no_proxy()
         .timeout(std::time::Duration::from_secs(3))
         .build()?;
-    let status = client.get(format!("http://{addr}/healthz")).send().await?.status();
-    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let status = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await?
+        .status();
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

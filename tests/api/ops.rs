@@ -170,7 +170,13 @@ async fn the_healthcheck_command_probes_a_running_server() {
             .unwrap()
     };
     let up = app.addr.to_string();
-    assert!(tokio::task::spawn_blocking(move || probe(up)).await.unwrap().success());
+    assert!(tokio::task::spawn_blocking(move || probe(up))
+        .await
+        .unwrap()
+        .success());
     let nobody = "127.0.0.1:1".to_owned();
-    assert!(!tokio::task::spawn_blocking(move || probe(nobody)).await.unwrap().success());
+    assert!(!tokio::task::spawn_blocking(move || probe(nobody))
+        .await
+        .unwrap()
+        .success());
 }
