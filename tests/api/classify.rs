@@ -68,7 +68,7 @@ async fn a_request_in_flight_when_shutdown_starts_still_gets_its_answer() {
     let app = spawn_app().await;
     let client = app.client.clone();
     let endpoint = app.url("/classify-image");
-    let image = app.fixtures.url("/redirect/3");
+    let image = app.fixtures.url("/delayed/in-flight.bmp");
     let request = tokio::spawn(async move {
         client
             .post(endpoint)
@@ -76,9 +76,11 @@ async fn a_request_in_flight_when_shutdown_starts_still_gets_its_answer() {
             .send()
             .await
     });
-    while app.fixtures.hits("/redirect/3") == 0 {
+    while app.fixtures.hits("/delayed/in-flight.bmp") == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    // The fixture holds the image back 300 ms: the request is still waiting when stop begins.
+    assert!(!request.is_finished());
     let (_fixtures, data_dir) = app.stop().await;
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
