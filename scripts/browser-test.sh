@@ -9,13 +9,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-stage() {
-  local name="$1"; shift
-  local start=$SECONDS
-  echo "=== $name"
-  "$@"
-  echo "=== $name: $((SECONDS - start)) s"
-}
+# shellcheck source=scripts/lib/stage.sh
+source "$root/scripts/lib/stage.sh"
 
 install_chromium() {
   if [[ -x /usr/bin/chromium ]]; then

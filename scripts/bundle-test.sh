@@ -10,13 +10,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-stage() {
-  local label="$1"; shift
-  local start=$SECONDS
-  echo "=== bundle: $label"
-  "$@"
-  echo "=== bundle: $label: $((SECONDS - start)) s"
-}
+STAGE_PREFIX="bundle: "
+# shellcheck source=scripts/lib/stage.sh
+source "$root/scripts/lib/stage.sh"
 
 tmp="$(mktemp -d)"
 pids=()

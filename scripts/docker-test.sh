@@ -18,13 +18,9 @@ cd "$root"
 image="${CLASSIFIER_IMAGE:-classifier-api}"
 engine_setup="${CONTAINER_ENGINE_SETUP:-$root/../shared/tools/container-engine-setup.sh}"
 
-stage() {
-  local label="$1"; shift
-  local start=$SECONDS
-  echo "=== docker: $label"
-  "$@"
-  echo "=== docker: $label: $((SECONDS - start)) s"
-}
+STAGE_PREFIX="docker: "
+# shellcheck source=scripts/lib/stage.sh
+source "$root/scripts/lib/stage.sh"
 
 tmp="$(mktemp -d)"
 volume="classifier-api-test-$$-$RANDOM"
