@@ -45,7 +45,8 @@ fail() {
 
 stage "container engine setup" "$engine_setup"
 stage "fetch assets" ./scripts/fetch-assets.sh
-stage "podman build" podman build --pull=never -t "$image" .
+# Docker's image format: the OCI format podman defaults to has no HEALTHCHECK.
+stage "podman build" podman build --pull=never --format docker -t "$image" .
 size="$(podman image inspect --format '{{.Size}}' "$image")"
 echo "image $image: $((size / 1024 / 1024)) MiB ($size bytes)"
 
@@ -100,6 +101,9 @@ first_run() {
 
   classify "$port1"
   [[ "$(downloads)" == 1 ]] || fail "expected 1 download of cat.bmp, saw $(downloads)"
+  # The image's HEALTHCHECK (`classifier-api healthcheck` probing GET /healthz) passes.
+  podman healthcheck run "$cid1" || fail "HEALTHCHECK failed in container ${cid1:0:12}"
+  echo "healthcheck: healthy"
 }
 stage "run + classify" first_run
 
