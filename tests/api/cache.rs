@@ -1,22 +1,13 @@
 //! The per-URL cache: TTL on an injected clock, single flight, errors never cached, restarts.
-use crate::helpers::{error_code, start_app, start_app_with_clock, test_settings, FixtureServer};
+use crate::helpers::{error_code, spawn_app, start_app, test_settings, FixtureServer};
 use classifier_api::clock::ManualClock;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use warp::http::StatusCode;
 
 #[tokio::test]
 async fn fresh_then_cached_then_expired_downloads_again() {
     let clock = ManualClock::new(SystemTime::now());
-    let data_dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(data_dir.path(), &["--cache-ttl", "1h"]);
-    let app = start_app_with_clock(
-        settings,
-        FixtureServer::start().await,
-        data_dir,
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let app = crate::helpers::spawn_app_with_clock(&clock, &["--cache-ttl", "1h"]).await;
     let path = "/images/cat.bmp";
 
     let (status, first) = app.classify_fixture(path).await;
@@ -54,13 +45,7 @@ async fn fresh_then_cached_then_expired_downloads_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_download_once() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let app = start_app(
-        test_settings(data_dir.path(), &[]),
-        FixtureServer::start().await,
-        data_dir,
-    )
-    .await;
+    let app = spawn_app().await;
     let url = app.fixtures.url("/delayed/cat.bmp");
     let answers = futures_util::future::join_all((0..50).map(|_| app.classify(&url))).await;
     assert_eq!(app.fixtures.hits("/delayed/cat.bmp"), 1);
@@ -75,13 +60,7 @@ async fn fifty_concurrent_requests_download_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_reach_every_waiter_and_are_not_cached() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let app = start_app(
-        test_settings(data_dir.path(), &[]),
-        FixtureServer::start().await,
-        data_dir,
-    )
-    .await;
+    let app = spawn_app().await;
     let url = app.fixtures.url("/status/404");
     let answers = futures_util::future::join_all((0..10).map(|_| app.classify(&url))).await;
     for (status, body) in &answers {

@@ -141,15 +141,7 @@ async fn history_comes_from_the_report_documents_when_elasticsearch_is_configure
     use classifier_api::clock::ManualClock;
     let es = Osmem::start("127.0.0.1:0");
     let clock = ManualClock::new(std::time::SystemTime::now());
-    let data_dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(data_dir.path(), &["--elasticsearch-url", &es.url]);
-    let app = crate::helpers::start_app_with_clock(
-        settings,
-        FixtureServer::start().await,
-        data_dir,
-        std::sync::Arc::new(clock.clone()),
-    )
-    .await;
+    let app = crate::helpers::spawn_app_with_clock(&clock, &["--elasticsearch-url", &es.url]).await;
     app.report().await; // anchors: 0 requests so far
     clock.advance(Duration::from_secs(60));
     for path in ["/images/cat.bmp", "/images/cat.bmp", "/images/bird.bmp"] {

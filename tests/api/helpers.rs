@@ -2,7 +2,7 @@
 //! (real photos, re-encodings made here, and routes that misbehave on purpose).
 use bytes::Bytes;
 use clap::Parser;
-use classifier_api::clock::{Clock, SystemClock};
+use classifier_api::clock::{Clock, ManualClock, SystemClock};
 use classifier_api::config::{Cli, Settings};
 use classifier_api::startup::Application;
 use futures_util::stream;
@@ -56,6 +56,19 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
     let fixtures = FixtureServer::start().await;
     start_app(test_settings(data_dir.path(), extra), fixtures, data_dir).await
+}
+
+/// As `spawn_app_with`, with the clock that judges cache expiry, token expiry and history minutes.
+pub async fn spawn_app_with_clock(clock: &ManualClock, extra: &[&str]) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(data_dir.path(), extra);
+    start_app_with_clock(
+        settings,
+        FixtureServer::start().await,
+        data_dir,
+        Arc::new(clock.clone()),
+    )
+    .await
 }
 
 pub async fn start_app(

@@ -1,8 +1,7 @@
 //! GET /report/history: requests per minute from the in-memory ring, on an injected clock.
-use crate::helpers::{error_code, spawn_app, start_app_with_clock, test_settings, FixtureServer};
+use crate::helpers::{error_code, spawn_app};
 use classifier_api::clock::ManualClock;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use warp::http::StatusCode;
 
@@ -43,14 +42,7 @@ async fn counts_successful_requests_per_minute_in_the_window_asked_for() {
     // Arrange
     let start = start_of_a_minute();
     let clock = ManualClock::new(start);
-    let data_dir = tempfile::tempdir().unwrap();
-    let app = start_app_with_clock(
-        test_settings(data_dir.path(), &[]),
-        FixtureServer::start().await,
-        data_dir,
-        Arc::new(clock.clone()),
-    )
-    .await;
+    let app = crate::helpers::spawn_app_with_clock(&clock, &[]).await;
     let (status, body) = app.get("/report/history").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
