@@ -163,3 +163,23 @@ fn wrong_label_count_is_refused_at_load() {
     .expect("load must fail");
     assert!(err.to_string().contains("1000 outputs"), "{err}");
 }
+
+#[test]
+fn a_model_dir_that_is_not_a_model_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let err = Engine::load(&ModelSource::Path(missing.clone()), Threads::default())
+        .err()
+        .expect("no model there");
+    assert!(err.to_string().contains("nothing-here"), "{err}");
+
+    let garbage = dir.path().join("frozen_graph.pb");
+    std::fs::write(&garbage, b"not a GraphDef").unwrap();
+    let err = Engine::load(
+        &ModelSource::Path(dir.path().to_owned()),
+        Threads::default(),
+    )
+    .err()
+    .expect("garbage is not a graph");
+    assert!(err.to_string().contains("GraphDef"), "{err}");
+}
