@@ -17,6 +17,7 @@
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
+//! - `memory`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
 //! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod fetch;
 pub mod history;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod net_policy;

@@ -52,6 +52,9 @@ impl Classifier {
     /// is as fast as the rest. Blocking: call before serving.
     pub fn load(config: &ModelConfig) -> Result<Self, ModelError> {
         let started = Instant::now();
+        // What the dynamic linker and TF's static initialisers touched is not needed to serve;
+        // what loading and running the model needs faults back in (see `memory`).
+        crate::memory::drop_library_pages("libtensorflow");
         let engine = Engine::load(&config.source, config.threads)?;
         let labels = read_labels(config.labels.as_ref())?;
         let loaded = started.elapsed();
@@ -68,6 +71,9 @@ impl Classifier {
                     labels: labels.len(),
                 });
             }
+            // The first run optimises the graph through copies of it (~100 MiB, then freed);
+            // give that back before the larger batch grows TensorFlow's tensor pool.
+            crate::memory::trim_heap();
         }
         tracing::info!(
             source = ?config.source,

@@ -1,0 +1,162 @@
+//! Keeping resident memory down around TensorFlow (issue 8: peak RSS under 400 MB).
+//!
+//! Measured on the release binary before this module existed (610 MiB right after start):
+//! - 290 MiB were file-backed pages of `libtensorflow_cc.so.2`: 125 MiB of its symbol and
+//!   relocation tables (an 82 MB `.dynstr` alone) that only the dynamic linker reads, once, and
+//!   104 MiB of code run by static initialisers. Serving touches a small part of either.
+//! - 117 MiB of the heap were already freed by TensorFlow (the graph copies grappler makes when
+//!   the session first runs) but kept by glibc's malloc in its arenas.
+//!
+//! Both are given back here, once, while the model loads (`model::Classifier::load`). This is
+//! the one module allowed `unsafe`: two libc calls, each used where it cannot change what any
+//! memory holds (see each `SAFETY`).
+#![allow(unsafe_code)]
+
+use std::fs;
+
+/// Gives the heap pages glibc holds for freed memory back to the kernel, in every arena.
+/// Costs a few milliseconds: call it after start-up steps that free a lot, not per request.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory it owns; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Drops from this process the resident pages of every read-only mapping of a file whose path
+/// contains `library` (e.g. `"libtensorflow"`) and that holds no private copy of a page. They
+/// stay in the page cache, so a page needed later comes back with a minor fault; only what
+/// stays resident changes. Returns the bytes of mappings dropped.
+pub fn drop_library_pages(library: &str) -> usize {
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    clean_read_only_mappings(&smaps)
+        .filter(|mapping| mapping.path.contains(library))
+        .map(|Mapping { start, end, .. }| {
+            let len = end - start;
+            // SAFETY: the range is one whole mapping of a file, read-only, with no anonymous
+            // (privately copied) page: MADV_DONTNEED on a private file mapping only discards
+            // private copies, and there are none, so every page reads back from the file as it
+            // was. Pages can only turn private by a write, which a read-only mapping forbids.
+            let dropped =
+                unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+            if dropped == 0 {
+                len
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping<'a> {
+    start: usize,
+    end: usize,
+    path: &'a str,
+}
+
+/// The mappings in `/proc/self/smaps` text that are file-backed, not writable, and have no
+/// anonymous pages (the dynamic linker's relocated-then-protected RELRO pages have some).
+fn clean_read_only_mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
+    let mut current: Option<Mapping<'_>> = None;
+    smaps.lines().filter_map(move |line| {
+        if let Some(kib) = line.strip_prefix("Anonymous:") {
+            let clean = kib.split_whitespace().next() == Some("0");
+            return current.take().filter(|_| clean);
+        }
+        if let Some(header) = mapping_header(line) {
+            current = header;
+        }
+        None
+    })
+}
+
+/// `Some(Some(mapping))` for the header line of a read-only file mapping, `Some(None)` for the
+/// header of any other mapping, `None` for a field line.
+fn mapping_header(line: &str) -> Option<Option<Mapping<'_>>> {
+    let mut fields = line.split_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    let perms = fields.next()?;
+    let path = fields.nth(3).unwrap_or("");
+    let file_read_only = !perms.contains('w') && path.starts_with('/') && end > start;
+    Some(file_read_only.then_some(Mapping { start, end, path }))
+}
+
+/// Resident set now and at its peak, in KiB, from `/proc/self/status` (`None` off Linux).
+pub fn resident_kib() -> Option<(u64, u64)> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+7f59a5400000-7f59b3881000 r--p 00000000 fe:00 5308676    /lib/libtensorflow_cc.so.2
+Rss:              124980 kB
+Anonymous:             0 kB
+7f59b3881000-7f59c77be000 r-xp 0e480000 fe:00 5308676    /lib/libtensorflow_cc.so.2
+Anonymous:             0 kB
+7f59c77be000-7f59c7e48000 r--p 223bc000 fe:00 5308676    /lib/libtensorflow_cc.so.2
+Anonymous:          6680 kB
+7f59c7e48000-7f59c800f000 rw-p 22a45000 fe:00 5308676    /lib/libtensorflow_cc.so.2
+Anonymous:          1820 kB
+7f5970000000-7f5973ff0000 rw-p 00000000 00:00 0
+Anonymous:         65472 kB
+7ffd1e5f0000-7ffd1e5f2000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_chosen() {
+        let chosen: Vec<_> = clean_read_only_mappings(SMAPS).collect();
+        // Not the RELRO segment (private copies), the data segment, the heap or the vDSO.
+        assert_eq!(
+            chosen,
+            [
+                Mapping {
+                    start: 0x7f59a5400000,
+                    end: 0x7f59b3881000,
+                    path: "/lib/libtensorflow_cc.so.2"
+                },
+                Mapping {
+                    start: 0x7f59b3881000,
+                    end: 0x7f59c77be000,
+                    path: "/lib/libtensorflow_cc.so.2"
+                },
+            ]
+        );
+        assert_eq!(
+            clean_read_only_mappings("garbage\nAnonymous: 0 kB\n").count(),
+            0
+        );
+    }
+
+    #[test]
+    fn dropping_a_mapped_library_keeps_it_working() {
+        // This test binary links libtensorflow: drop its pages, then use it.
+        let dropped = drop_library_pages("libtensorflow");
+        assert!(dropped > 100 << 20, "dropped only {dropped} bytes");
+        assert!(!tensorflow::version().unwrap().is_empty());
+        trim_heap();
+        let (now, peak) = resident_kib().unwrap();
+        assert!(now > 0 && peak >= now);
+    }
+
+    #[test]
+    fn an_unmapped_library_name_drops_nothing() {
+        assert_eq!(drop_library_pages("no-such-library-here"), 0);
+    }
+}
