@@ -1,12 +1,12 @@
 //! One run, every figure with its anchor (`cargo bench --bench pipeline`):
 //! - model only: frozen graph vs SavedModel, batch 1 and batch 8;
-//! - decode + resize per photo size;
+//! - decode + resize per photo size, and with `--jpeg-dct-scaling` for the two largest JPEGs;
 //! - end to end over loopback (a new URL per request, so nothing is cached): p50/p99 and images/s at
 //!   concurrency 1 and 8, and the c=1 p50 as a ratio to (model batch-1 + decode/resize).
 use clap::Parser;
 use classifier_api::config::{Cli, Settings};
 use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
-use classifier_api::preprocess::{self, DecodeLimits, ResizeFilter};
+use classifier_api::preprocess::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 use classifier_api::startup::Application;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,6 +64,9 @@ fn model_only() -> f64 {
     frozen_b1
 }
 
+/// Photos also timed with `--jpeg-dct-scaling` (decoded at 1/4 scale).
+const DCT_SCALED: [&str; 2] = ["cat_1080p.jpg", "kite_and_cold.jpg"];
+
 fn decode_resize() -> f64 {
     let limits = DecodeLimits {
         max_pixels: 50_000_000,
@@ -79,10 +82,29 @@ fn decode_resize() -> f64 {
     ] {
         let bytes = std::fs::read(fixtures().join("images").join(file)).unwrap();
         for filter in [ResizeFilter::Nearest, ResizeFilter::Bilinear] {
-            let (p50, _) = p50_p99(time_ms(30, || {
-                preprocess::preprocess(&bytes, &limits, filter, &mut out).unwrap();
-            }));
+            let mut p50_with = |jpeg_dct_scaling| {
+                let options = PreprocessOptions {
+                    filter,
+                    jpeg_dct_scaling,
+                };
+                p50_p99(time_ms(30, || {
+                    preprocess::preprocess_with(&bytes, &limits, &options, &mut out).unwrap();
+                }))
+                .0
+            };
+            let p50 = p50_with(false);
             println!("decode+resize {file:>18} {filter:>8}: p50 {p50:6.2} ms");
+            if DCT_SCALED.contains(&file) {
+                let scaled = p50_with(true);
+                let (ratio, word) = if scaled <= p50 {
+                    (p50 / scaled, "faster")
+                } else {
+                    (scaled / p50, "slower")
+                };
+                println!(
+                    "   dct-scaled {file:>18} {filter:>8}: p50 {scaled:6.2} ms ({ratio:.2}x {word})"
+                );
+            }
             if file == "cat.bmp" && filter == ResizeFilter::Nearest {
                 bmp_ms = p50;
             }

@@ -164,6 +164,12 @@ pub struct Settings {
     )]
     pub resize_filter: ResizeFilter,
 
+    /// Decode JPEGs larger than 448x448 at 1/2, 1/4 or 1/8 scale in the IDCT (never below 224
+    /// pixels on either side) before the resize: less work on large photos, but the pixels, and so
+    /// the confidences, differ from Pillow's. Off by default.
+    #[arg(long, env = "CLASSIFIER_JPEG_DCT_SCALING", global = true)]
+    pub jpeg_dct_scaling: bool,
+
     /// Which embedded form of the model to run (ignored with --model-dir).
     #[arg(
         long,

@@ -9,7 +9,8 @@
 //! - `state`: what handlers share; `pipeline`: fetch -> preprocess -> infer.
 //! - `fetch` + `net_policy`: downloads untrusted URLs safely (no private destinations, size and
 //!   time limits, redirects checked hop by hop).
-//! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1].
+//! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1]; `jpeg_scale`: the
+//!   optional reduced-size JPEG decode (`--jpeg-dct-scaling`).
 //! - `model`: the TensorFlow session on its own thread, with dynamic batching.
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
 //!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
@@ -31,6 +32,7 @@ pub mod error;
 pub mod fetch;
 pub mod history;
 pub mod http;
+pub mod jpeg_scale;
 pub mod memory;
 pub mod metrics;
 pub mod model;

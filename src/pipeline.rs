@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::fetch::Fetcher;
 use crate::metrics as metrics_names;
 use crate::model::{Classifier, INPUT_LEN};
-use crate::preprocess::{self, DecodeLimits, ResizeFilter};
+use crate::preprocess::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 
 #[derive(Clone)]
 pub struct Pipeline {
@@ -16,6 +16,8 @@ pub struct Pipeline {
     pub classifier: Classifier,
     pub limits: DecodeLimits,
     pub filter: ResizeFilter,
+    /// Decode large JPEGs at reduced size (`--jpeg-dct-scaling`).
+    pub jpeg_dct_scaling: bool,
 }
 
 impl Pipeline {
@@ -29,12 +31,16 @@ impl Pipeline {
     }
 
     pub async fn classify_bytes(&self, bytes: Bytes) -> Result<Classification, ApiError> {
-        let (limits, filter) = (self.limits, self.filter);
+        let limits = self.limits;
+        let options = PreprocessOptions {
+            filter: self.filter,
+            jpeg_dct_scaling: self.jpeg_dct_scaling,
+        };
         let started = Instant::now();
         // Decoding a large JPEG takes milliseconds of CPU: keep it off tokio's workers.
         let input = tokio::task::spawn_blocking(move || {
             let mut input = vec![0.0f32; INPUT_LEN].into_boxed_slice();
-            preprocess::preprocess(&bytes, &limits, filter, &mut input).map(|()| input)
+            preprocess::preprocess_with(&bytes, &limits, &options, &mut input).map(|()| input)
         })
         .await
         .map_err(|e| {

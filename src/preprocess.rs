@@ -16,6 +16,8 @@ use image::{
     ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
 };
 
+use crate::jpeg_scale;
+
 /// The model input is `SIDE x SIDE x 3`.
 pub const SIDE: usize = 224;
 
@@ -63,6 +65,16 @@ impl FromStr for ResizeFilter {
     }
 }
 
+/// How [`preprocess_with`] turns image bytes into the model input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreprocessOptions {
+    pub filter: ResizeFilter,
+    /// Decode JPEGs larger than `2 * SIDE` in both axes at reduced size in the
+    /// IDCT before the resize: less work on large photos, but the pixels are no
+    /// longer Pillow's. Off by default.
+    pub jpeg_dct_scaling: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     /// Largest `width * height` accepted, checked against the header before decoding.
@@ -91,11 +103,27 @@ pub enum PreprocessError {
 /// 16-bit grey Pillow clips to 255 instead, a quirk not worth copying). EXIF
 /// orientation is ignored, as in the reference pipeline.
 pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
+    decode_rgb8_with(bytes, limits, false)
+}
+
+/// [`decode_rgb8`], except that with `jpeg_dct_scaling` a JPEG larger than
+/// `2 * SIDE` in both axes comes back decoded at 1/2, 1/4 or 1/8 scale (never
+/// below `SIDE` on either side; see [`crate::jpeg_scale`]). Same checks, same errors.
+pub fn decode_rgb8_with(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    jpeg_dct_scaling: bool,
+) -> Result<RgbImage, PreprocessError> {
     let format = sniff_format(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(PreprocessError::Corrupt(
             "the JPEG data ends before the end-of-image marker".to_owned(),
         ));
+    }
+    if format == ImageFormat::Jpeg && jpeg_dct_scaling {
+        if let Some(scaled) = jpeg_scale::decode_scaled(bytes, limits)? {
+            return Ok(scaled);
+        }
     }
     // The decoders are third-party parsers fed with hostile input: should one of
     // them panic, the request fails rather than the worker running it.
@@ -195,7 +223,7 @@ fn corrupt(error: ImageError, limits: &DecodeLimits) -> PreprocessError {
     }
 }
 
-fn alloc_limit_hit(limits: &DecodeLimits) -> PreprocessError {
+pub(crate) fn alloc_limit_hit(limits: &DecodeLimits) -> PreprocessError {
     PreprocessError::Corrupt(format!(
         "decoding it would need more than the {} bytes of memory allowed",
         limits.max_alloc_bytes
@@ -227,7 +255,7 @@ fn high_byte(v: u16) -> u8 {
 
 /// Grey (1-2 channels) is replicated, colour (3-4 channels) keeps RGB; a
 /// trailing alpha channel is ignored.
-fn pack_rgb<T: Copy>(
+pub(crate) fn pack_rgb<T: Copy>(
     width: u32,
     height: u32,
     samples: &[T],
@@ -490,16 +518,33 @@ pub fn preprocess(
     filter: ResizeFilter,
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
+    let options = PreprocessOptions {
+        filter,
+        jpeg_dct_scaling: false,
+    };
+    preprocess_with(bytes, limits, &options, out)
+}
+
+/// [`preprocess`] with every option.
+///
+/// # Panics
+/// If `out.len() != SIDE * SIDE * 3`.
+pub fn preprocess_with(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    options: &PreprocessOptions,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
     assert_eq!(out.len(), OUT_LEN, "preprocess needs a SIDE*SIDE*3 buffer");
-    let img = decode_rgb8(bytes, limits)?;
+    let img = decode_rgb8_with(bytes, limits, options.jpeg_dct_scaling)?;
     let mut resized = vec![0; OUT_LEN];
-    resize_into(&img, filter, &mut resized);
+    resize_into(&img, options.filter, &mut resized);
     scale_into(&resized, out);
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::codecs::gif::GifEncoder;
     use image::codecs::jpeg::JpegEncoder;
@@ -512,7 +557,7 @@ mod tests {
     use std::path::PathBuf;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/shared");
-    const LIMITS: DecodeLimits = DecodeLimits {
+    pub(crate) const LIMITS: DecodeLimits = DecodeLimits {
         max_pixels: 50_000_000,
         max_alloc_bytes: 512 << 20,
     };
@@ -521,12 +566,12 @@ mod tests {
         PathBuf::from(FIXTURES).join(rel)
     }
 
-    fn read_fixture(rel: &str) -> Vec<u8> {
+    pub(crate) fn read_fixture(rel: &str) -> Vec<u8> {
         std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
     }
 
     /// `(name, entry)` of every golden image stored in `format`.
-    fn golden_images(format: &str) -> Vec<(String, serde_json::Value)> {
+    pub(crate) fn golden_images(format: &str) -> Vec<(String, serde_json::Value)> {
         let golden: serde_json::Value =
             serde_json::from_slice(&read_fixture("golden.json")).unwrap();
         let images: Vec<_> = golden["images"]
@@ -540,7 +585,7 @@ mod tests {
         images
     }
 
-    const FILTERS: [(&str, ResizeFilter); 2] = [
+    pub(crate) const FILTERS: [(&str, ResizeFilter); 2] = [
         ("pil_nearest", ResizeFilter::Nearest),
         ("pil_bilinear", ResizeFilter::Bilinear),
     ];
@@ -549,20 +594,20 @@ mod tests {
         format!("{:x}", Sha256::digest(data))
     }
 
-    fn resized(img: &RgbImage, filter: ResizeFilter) -> Vec<u8> {
+    pub(crate) fn resized(img: &RgbImage, filter: ResizeFilter) -> Vec<u8> {
         let mut out = vec![0; OUT_LEN];
         resize_into(img, filter, &mut out);
         out
     }
 
-    fn encode(img: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {
+    pub(crate) fn encode(img: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {
         let mut bytes = Cursor::new(Vec::new());
         img.into().write_to(&mut bytes, format).unwrap();
         bytes.into_inner()
     }
 
     /// Deterministic noise, reproducible in Python to get Pillow's results.
-    fn lcg_image(width: u32, height: u32) -> RgbImage {
+    pub(crate) fn lcg_image(width: u32, height: u32) -> RgbImage {
         let mut state = u64::from(width) * 1_000_003 + u64::from(height);
         let data = (0..width as usize * height as usize * 3)
             .map(|_| {
@@ -759,7 +804,7 @@ mod tests {
     }
 
     /// Rewrites the frame size in a baseline JPEG's SOF0 segment.
-    fn jpeg_claiming(mut jpeg: Vec<u8>, width: u16, height: u16) -> Vec<u8> {
+    pub(crate) fn jpeg_claiming(mut jpeg: Vec<u8>, width: u16, height: u16) -> Vec<u8> {
         let sof = jpeg.windows(2).position(|m| m == [0xff, 0xc0]).unwrap();
         jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
         jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());

@@ -169,6 +169,7 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
             max_alloc_bytes: settings.max_image_pixels.saturating_mul(8),
         },
         filter: settings.resize_filter,
+        jpeg_dct_scaling: settings.jpeg_dct_scaling,
     })
 }
 

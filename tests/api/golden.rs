@@ -33,3 +33,15 @@ async fn every_photo_over_http_matches_the_reference() {
         }
     }
 }
+
+/// `--jpeg-dct-scaling` reaches the pipeline: the 1080p cat is decoded at 1/4 scale, which moves
+/// its confidence from 0.621 to 0.605 (tests/jpeg_dct_scaling.rs prints every photo's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_dct_scaling_flag_reaches_the_pipeline() {
+    let app = spawn_app_with(&["--jpeg-dct-scaling"]).await;
+    let (status, body) = app.classify_fixture("/images/cat_1080p.jpg").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["classification"], "Egyptian_cat", "{body}");
+    let confidence: f64 = body["confidence"].as_str().unwrap().parse().unwrap();
+    assert!((confidence - 0.605).abs() < 0.004, "{body}");
+}
