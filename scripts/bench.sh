@@ -4,8 +4,8 @@
 #     decode+resize per photo size, end to end over loopback at c=1 and c=8 (new URL per request);
 #  2. cargo bench --bench report: top(10) with BENCH_URLS (1 000 000) distinct URLs, file size;
 #  3. HTTP with wrk (one thread, like the Python peer's figures): cached hits at 64 connections
-#     with and without metrics+access log, GET /report p50 on the 1M-URL store, start-to-ready
-#     time and peak RSS of the release binary.
+#     with and without metrics+access log, cold classify at c=8, GET /report p50 on the 1M-URL
+#     store, start-to-ready time and peak RSS of the release binary under those loads.
 # Usage: ./scripts/bench.sh   (BENCH_URLS=100000 for a quicker run)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,19 +63,33 @@ cached_hits() {
   rps_last=$rps
 }
 
+# A new URL per request (the image server ignores the query), so every request is classified.
+cat >"$work/cold.lua" <<LUA
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"},
+    '{"image_url":"http://127.0.0.1:$img_port/cat.bmp?n=' .. counter .. '"}')
+end
+LUA
+
+kib() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$server_pid/status"; }
+
 echo "## HTTP (wrk -t1)"
 start_server "$work/hits"
-echo "start to ready (default model, release): ${ready_ms} ms"
+echo "start to ready (default model, release): ${ready_ms} ms; RSS then $(( $(kib VmRSS) / 1024 )) MiB, peak so far $(( $(kib VmHWM) / 1024 )) MiB"
+out=$(wrk -t1 -c8 -d10s --latency -s "$work/cold.lua" "http://$addr/classify-image")
+echo "cold classify, new URL each request, c=8, 10 s: $(echo "$out" | awk '/Requests\/sec/ {print $2}') img/s, p50 $(echo "$out" | awk '$1=="50%" {print $2}'), p99 $(echo "$out" | awk '$1=="99%" {print $2}')"
 cached_hits "metrics + access log on"
 with=$rps_last
-rss=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+rss=$(kib VmHWM)
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 RUST_LOG=info,classifier_api::access=off start_server "$work/hits" --disable-metrics
 cached_hits "metrics off, access log off"
 without=$rps_last
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 python3 -c "print(f'metrics+logging overhead on cached hits: {$with}/{$without} = {$with/$without:.3f} of the throughput without')"
-echo "peak RSS after cached-hit load: $((rss / 1024)) MiB"
+echo "peak RSS (VmHWM) after start, cold c=8 and cached-hit loads: $((rss / 1024)) MiB (target < 400 MB = 381 MiB)"
 
 start_server "$work/report"
 out=$(wrk -t1 -c1 -d5s --latency "http://$addr/report")
