@@ -94,4 +94,5 @@ echo "peak RSS (VmHWM) after start, cold c=8 and cached-hit loads: $((rss / 1024
 start_server "$work/report"
 out=$(wrk -t1 -c1 -d5s --latency "http://$addr/report")
 echo "GET /report, c=1, 5 s, store filled above: p50 $(echo "$out" | awk '$1=="50%" {print $2}'), p99 $(echo "$out" | awk '$1=="99%" {print $2}'), $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s"
+echo "peak RSS (VmHWM) of that server, 1M-URL store: $(( $(kib VmHWM) / 1024 )) MiB"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
