@@ -26,8 +26,20 @@ cargo bench --locked --bench pipeline 2>/dev/null | grep -v '^$'
 echo "## report store"
 BENCH_DATA_DIR="$work/report" cargo bench --locked --bench report 2>/dev/null | grep -v '^$'
 
-# A static image server for the HTTP runs.
-python3 -m http.server 0 --bind 127.0.0.1 --directory fixtures/shared/images >"$work/http.log" 2>&1 &
+# A static image server for the HTTP runs. HTTP/1.1 keep-alive, unlike `python3 -m http.server`,
+# whose new connection (and thread, behind a backlog of 5) per download put a 270 ms p99 into the
+# cold c=8 figures that was the image server's, not ours (83 ms with keep-alive).
+python3 -u - fixtures/shared/images >"$work/http.log" 2>&1 <<'PY' &
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(
+    ("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
+print(f"serving on port {server.server_address[1]}")
+server.serve_forever()
+PY
 pids+=($!)
 for _ in $(seq 50); do grep -q "port" "$work/http.log" && break; sleep 0.1; done
 img_port=$(grep -o 'port [0-9]*' "$work/http.log" | head -1 | cut -d' ' -f2)
