@@ -8,16 +8,15 @@ use crate::error::ApiError;
 use crate::fetch::Fetcher;
 use crate::metrics as metrics_names;
 use crate::model::{Classifier, INPUT_LEN};
-use crate::preprocess::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
+use crate::preprocess::{self, DecodeLimits, PreprocessOptions};
 
 #[derive(Clone)]
 pub struct Pipeline {
     pub fetcher: Fetcher,
     pub classifier: Classifier,
     pub limits: DecodeLimits,
-    pub filter: ResizeFilter,
-    /// Decode large JPEGs at reduced size (`--jpeg-dct-scaling`).
-    pub jpeg_dct_scaling: bool,
+    /// Resize filter and `--jpeg-dct-scaling`.
+    pub options: PreprocessOptions,
 }
 
 impl Pipeline {
@@ -31,11 +30,7 @@ impl Pipeline {
     }
 
     pub async fn classify_bytes(&self, bytes: Bytes) -> Result<Classification, ApiError> {
-        let limits = self.limits;
-        let options = PreprocessOptions {
-            filter: self.filter,
-            jpeg_dct_scaling: self.jpeg_dct_scaling,
-        };
+        let (limits, options) = (self.limits, self.options);
         let started = Instant::now();
         // Decoding a large JPEG takes milliseconds of CPU: keep it off tokio's workers.
         let input = tokio::task::spawn_blocking(move || {

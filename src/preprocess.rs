@@ -520,7 +520,7 @@ pub fn preprocess(
 ) -> Result<(), PreprocessError> {
     let options = PreprocessOptions {
         filter,
-        jpeg_dct_scaling: false,
+        ..PreprocessOptions::default()
     };
     preprocess_with(bytes, limits, &options, out)
 }

@@ -17,7 +17,7 @@ use crate::fetch::{FetchConfig, Fetcher};
 use crate::history::History;
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
-use crate::preprocess::DecodeLimits;
+use crate::preprocess::{DecodeLimits, PreprocessOptions};
 use crate::state::AppState;
 use crate::store::{Storage, StorageConfig};
 
@@ -168,8 +168,10 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
             // Room for the largest allowed image at 16 bits per channel with alpha.
             max_alloc_bytes: settings.max_image_pixels.saturating_mul(8),
         },
-        filter: settings.resize_filter,
-        jpeg_dct_scaling: settings.jpeg_dct_scaling,
+        options: PreprocessOptions {
+            filter: settings.resize_filter,
+            jpeg_dct_scaling: settings.jpeg_dct_scaling,
+        },
     })
 }
 

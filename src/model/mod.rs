@@ -75,11 +75,15 @@ impl Classifier {
             // give that back before the larger batch grows TensorFlow's tensor pool.
             crate::memory::trim_heap();
         }
+        // What the memory work above achieved, for operators sizing containers (0 off Linux).
+        let (rss_kib, peak_rss_kib) = crate::memory::resident_kib().unwrap_or_default();
         tracing::info!(
             source = ?config.source,
             classes = labels.len(),
             load_ms = loaded.as_millis() as u64,
             warmup_ms = (started.elapsed() - loaded).as_millis() as u64,
+            rss_kib,
+            peak_rss_kib,
             "model ready"
         );
         let handle = InferenceHandle::spawn(engine, config.batching).map_err(ModelError::Thread)?;
