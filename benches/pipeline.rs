@@ -207,6 +207,8 @@ impl Anchored {
 }
 
 fn main() {
+    // Allocate as the server's `main` does, so end-to-end figures are the server's.
+    classifier_api::memory::single_malloc_arena();
     // `cargo test --all-targets` runs benches in test mode; keep that quick.
     let quick =
         std::env::args().any(|a| a == "--test") || std::env::var_os("BENCH_QUICK").is_some();

@@ -6,9 +6,11 @@ use std::time::Instant;
 use classifier_api::config::{Cli, Command, Settings};
 use classifier_api::domain::{ClassifyResponse, ImageUrl};
 use classifier_api::error::ApiError;
-use classifier_api::{admin, shutdown, startup, telemetry};
+use classifier_api::{admin, memory, shutdown, startup, telemetry};
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the function for the memory it saves).
+    let one_arena = memory::single_malloc_arena();
     // TensorFlow's C++ INFO lines ("oneDNN custom operations are on" ...) drown our own logs.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "2");
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(cli.settings)),
+        Command::Serve => runtime.block_on(serve(cli.settings, one_arena)),
         Command::Classify { target } => runtime.block_on(classify(cli.settings, &target)),
         Command::Healthcheck => runtime.block_on(healthcheck(&cli.settings)),
         Command::User(command) => admin::user(&cli.settings, command).map(|()| ExitCode::SUCCESS),
@@ -39,9 +41,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+async fn serve(settings: Settings, single_malloc_arena: bool) -> anyhow::Result<ExitCode> {
     tracing::info!(
         ?settings,
+        single_malloc_arena,
         "starting classifier-api {}",
         env!("CARGO_PKG_VERSION")
     );
