@@ -22,19 +22,14 @@ use std::fs;
 /// Why: glibc gives a thread that meets contention its own arena (up to 8 per core). TensorFlow's
 /// pool threads each free a batch's activations into their arena, and an arena keeps what it is
 /// given back; with the default, peak RSS after start, cold c=8 and cached-hit loads measured
-/// 390-415 MiB, with one arena 325-332 MiB, at the same throughput (two cores: little contention
-/// to spread). Returns whether the limit was set.
+/// 378-415 MiB, with one arena 325-332 MiB, at the same throughput (two cores: little contention
+/// to spread). Returns whether the limit was set (tests/api/ops.rs reads it from the start log).
 pub fn single_malloc_arena() -> bool {
-    if !arena_limit_is_ours(std::env::var_os("MALLOC_ARENA_MAX").as_deref()) {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return false;
     }
     // SAFETY: mallopt changes a tuning parameter of the allocator; it takes no pointer.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
-}
-
-/// The operator's `MALLOC_ARENA_MAX`, when present, wins over ours.
-fn arena_limit_is_ours(operator_setting: Option<&std::ffi::OsStr>) -> bool {
-    operator_setting.is_none()
 }
 
 /// Gives the heap pages glibc holds for freed memory back to the kernel, in every arena.
@@ -125,12 +120,6 @@ pub fn resident_kib() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_operators_malloc_arena_max_wins() {
-        assert!(arena_limit_is_ours(None));
-        assert!(!arena_limit_is_ours(Some(std::ffi::OsStr::new("4"))));
-    }
 
     const SMAPS: &str = "\
 7f59a5400000-7f59b3881000 r--p 00000000 fe:00 5308676    /lib/libtensorflow_cc.so.2

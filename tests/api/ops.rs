@@ -180,3 +180,31 @@ async fn the_healthcheck_command_probes_a_running_server() {
         .unwrap()
         .success());
 }
+
+/// `single_malloc_arena` in the start log: set by the binary itself, left to the operator's
+/// `MALLOC_ARENA_MAX` when that is present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_malloc_arena_unless_the_operator_chose_malloc_arena_max() {
+    let single_arena_logged = |env: &'static [(&'static str, &'static str)]| {
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = start_server_env(data_dir.path(), &["--log-format", "json"], env).unwrap();
+        let starting = server
+            .startup_lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("starting"))
+            })
+            .expect("a start line");
+        starting["single_malloc_arena"].as_bool()
+    };
+    let operators =
+        tokio::task::spawn_blocking(move || single_arena_logged(&[("MALLOC_ARENA_MAX", "2")]));
+    assert_eq!(operators.await.unwrap(), Some(false));
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let ours = tokio::task::spawn_blocking(move || single_arena_logged(&[]));
+        assert_eq!(ours.await.unwrap(), Some(true));
+    }
+}
