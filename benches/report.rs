@@ -4,7 +4,8 @@
 //! there for scripts/bench.sh to serve over HTTP.
 use classifier_api::clock::SystemClock;
 use classifier_api::domain::ImageUrl;
-use classifier_api::store::{Storage, StorageConfig};
+use classifier_api::localdb::LocalDb;
+use classifier_api::storage::{self, BackendKind, StorageConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let config = StorageConfig { flush_max_updates: 50_000, ..StorageConfig::default() };
-        let storage = Storage::open(&dir, Arc::new(SystemClock), config).await.unwrap();
+        let db = LocalDb::open(&dir).unwrap();
+        let storage = storage::open(BackendKind::Redb(db), Arc::new(SystemClock), config).await.unwrap();
         let stats = storage.stats().clone();
         let fill = Instant::now();
         for i in 0..n {

@@ -6,11 +6,11 @@ use std::io::BufRead;
 
 use crate::auth::{self, public_key_string};
 use crate::config::{KeyCommand, Settings, TokenCommand, UserCommand};
+use crate::localdb::LocalDb;
 use crate::startup::root_key;
-use crate::store::Store;
 
-fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(&settings.data_dir).with_context(|| {
+fn open_store(settings: &Settings) -> anyhow::Result<LocalDb> {
+    LocalDb::open(&settings.data_dir).with_context(|| {
         format!(
             "opening {} (if a server is running on this data dir, stop it first: the database admits one process at a time)",
             settings.data_dir.display()

@@ -138,3 +138,23 @@ impl ClassifyResponse {
         }
     }
 }
+
+/// One row of `/report`: a URL and its processing times in seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UrlStats {
+    pub image_url: String,
+    pub count: u64,
+    pub min_processing_time: f64,
+    pub max_processing_time: f64,
+    pub avg_processing_time: f64,
+}
+
+/// Aggregates over every recorded request. All times are 0 when nothing was recorded (JSON has no
+/// infinity).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Totals {
+    pub count: u64,
+    pub min_processing_time: f64,
+    pub max_processing_time: f64,
+    pub avg_processing_time: f64,
+}

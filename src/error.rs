@@ -7,6 +7,7 @@ use crate::auth::AuthError;
 use crate::fetch::FetchError;
 use crate::model::InferError;
 use crate::preprocess::PreprocessError;
+use crate::storage::StorageError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -165,10 +166,20 @@ impl From<AuthError> for ApiError {
             AuthError::TooManyAttempts { .. } => {
                 Self::TooManyAttempts(e.retry_after_secs().unwrap_or(60))
             }
-            AuthError::UserExists(_) | AuthError::Key(_) | AuthError::Storage(_) => {
+            AuthError::UserExists(_)
+            | AuthError::Key(_)
+            | AuthError::Db(_)
+            | AuthError::Internal(_) => {
                 tracing::error!(error = %e, "authentication failed internally");
                 Self::Internal
             }
         }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage failed");
+        Self::Internal
     }
 }

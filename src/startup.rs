@@ -7,30 +7,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::auth::{load_or_create_root_key, Auth, KeyPair};
+use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::history::History;
+use crate::http::{Ops, Services};
+use crate::localdb::LocalDb;
 use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::pipeline::Pipeline;
 use crate::preprocess::{DecodeLimits, PreprocessOptions};
-use crate::state::AppState;
-use crate::store::{Storage, StorageConfig};
+use crate::report::ReportService;
+use crate::storage::{BackendKind, Storage, StorageConfig};
 
 /// Inference requests that may wait behind the running batch before callers get `overloaded`.
 const INFERENCE_QUEUE: usize = 64;
 /// How long shutdown may spend delivering queued Elasticsearch documents; the rest stays in the
 /// outbox for the next start.
 const ES_DRAIN: Duration = Duration::from_secs(5);
+/// A lease on computing a URL outlives the download's own timeout by this much (decode and
+/// inference), so it expires only when its holder is gone, not while it is still working.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    state: AppState,
+    services: Services,
     storage: Storage,
     shutdown_timeout: Duration,
 }
@@ -46,35 +51,47 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         // The database first: a bad data dir should fail before seconds of model loading.
-        let storage = Storage::open(&settings.data_dir, clock.clone(), storage_config(&settings))
+        let db = LocalDb::open_async(&settings.data_dir)
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
-        let auth = build_auth(&settings, storage.store().database().clone(), clock.clone())?;
+        let kind = BackendKind::Redb(db.clone());
+        let storage = crate::storage::open(kind, clock.clone(), storage_config(&settings))
+            .await
+            .context("starting the storage layer")?;
+        let auth = build_auth(&settings, db.clone(), clock.clone())?;
         let reporter = match elastic_config(&settings)? {
             Some(config) => Some(
-                Reporter::start(storage.store().clone(), clock.clone(), config)
+                Reporter::start(db, clock.clone(), config)
                     .await
                     .context("starting the Elasticsearch reporter")?,
             ),
             None => None,
         };
-        let pipeline = build_pipeline(&settings).await?;
-        let state = AppState {
-            reporter: reporter.clone(),
+        let history = match &reporter {
+            Some(reporter) => History::elasticsearch(clock, reporter.clone()),
+            None => History::in_memory(clock),
+        };
+        let fetch_timeout: Duration = settings.fetch_timeout.into();
+        let classify = ClassifyService::new(
+            build_pipeline(&settings).await?,
+            SingleFlight::new(storage.cache().clone(), fetch_timeout + LEASE_MARGIN),
+            storage.stats().clone(),
+            history.clone(),
+            settings.max_concurrent_requests,
+        );
+        let services = Services {
+            classify,
+            report: ReportService::new(storage.stats().clone(), reporter.clone()),
+            history,
             auth,
-            pipeline,
-            cache: storage.cache().clone(),
-            stats: storage.stats().clone(),
-            history: match &reporter {
-                Some(reporter) => History::elasticsearch(clock, reporter.clone()),
-                None => History::in_memory(clock),
-            },
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),
-            ready: Arc::new(AtomicBool::new(false)),
-            metrics: if settings.disable_metrics {
-                None
-            } else {
-                crate::metrics::install()
+            ops: Ops {
+                ready: Arc::new(AtomicBool::new(false)),
+                metrics: if settings.disable_metrics {
+                    None
+                } else {
+                    crate::metrics::install()
+                },
+                reporter,
             },
         };
         let listener = TcpListener::bind(settings.listen)
@@ -84,7 +101,7 @@ impl Application {
         Ok(Self {
             listener,
             addr,
-            state,
+            services,
             storage,
             shutdown_timeout: settings.shutdown_timeout.into(),
         })
@@ -99,7 +116,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let routes = crate::http::routes(self.state.clone());
+        let routes = crate::http::routes(self.services.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = warp::serve(routes)
             .incoming(self.listener)
@@ -108,14 +125,14 @@ impl Application {
             })
             .run();
         // Everything is loaded, warmed and open: ready before we say so.
-        self.state.ready.store(true, Ordering::Release);
+        self.services.ops.ready.store(true, Ordering::Release);
         tracing::info!(addr = %self.addr, "ready, listening on http://{}", self.addr);
         let mut server = std::pin::pin!(server);
         tokio::select! {
             () = &mut server => {}
             () = shutdown => {
                 // Load balancers polling /readyz stop sending while in-flight requests finish.
-                self.state.ready.store(false, Ordering::Release);
+                self.services.ops.ready.store(false, Ordering::Release);
                 let _ = stop_tx.send(());
                 let grace = self.shutdown_timeout;
                 if tokio::time::timeout(grace, server).await.is_err() {
@@ -123,7 +140,7 @@ impl Application {
                 }
             }
         }
-        if let Some(reporter) = &self.state.reporter {
+        if let Some(reporter) = &self.services.ops.reporter {
             let left = reporter
                 .shutdown(tokio::time::Instant::now() + ES_DRAIN)
                 .await;
@@ -134,8 +151,8 @@ impl Application {
                 );
             }
         }
-        // Handlers may still hold state clones; the final commit covers all they recorded.
-        drop(self.state);
+        // Handlers may still hold service clones; the final apply covers all they recorded.
+        drop(self.services);
         self.storage
             .shutdown()
             .await
@@ -186,11 +203,7 @@ pub fn root_key(settings: &Settings) -> anyhow::Result<KeyPair> {
     .context("loading the root key")
 }
 
-fn build_auth(
-    settings: &Settings,
-    db: Arc<redb::Database>,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Auth> {
+fn build_auth(settings: &Settings, db: LocalDb, clock: Arc<dyn Clock>) -> anyhow::Result<Auth> {
     Ok(Auth::new(
         db,
         root_key(settings)?,

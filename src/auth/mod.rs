@@ -20,6 +20,8 @@ pub mod users;
 
 use std::time::Duration;
 
+use crate::localdb::DbError;
+
 pub use keys::{
     load_or_create_root_key, parse_private_key, parse_public_key, public_key_string, ROOT_KEY_FILE,
 };
@@ -56,8 +58,12 @@ pub enum AuthError {
     /// Never contains key material, only paths and what was wrong.
     #[error("root key error: {0}")]
     Key(String),
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The database failed (the cause is in the message; never the user's fault).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Token building or password hashing failed: a bug or a broken environment.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl AuthError {
@@ -76,46 +82,22 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// redb has one error type per operation; they all convert into `redb::Error`, which is what the
-/// storage helpers return, and this folds it into ours.
+/// synchronous table helpers return, and this folds it into the database error.
 impl From<redb::Error> for AuthError {
     fn from(e: redb::Error) -> Self {
-        Self::Storage(e.to_string())
-    }
-}
-
-/// Runs blocking work (Argon2, redb, token crypto) off the async worker threads.
-async fn blocking<T, F>(f: F) -> Result<T, AuthError>
-where
-    F: FnOnce() -> Result<T, AuthError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AuthError::Storage(format!("background task failed: {e}")))?
-}
-
-/// Opens a table in a read transaction, mapping "never written yet" to `None` so a fresh database
-/// reads as empty instead of failing.
-fn open_read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &redb::ReadTransaction,
-    def: redb::TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
-    match txn.open_table(def) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
+        Self::Db(e.into())
     }
 }
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    use std::sync::Arc;
+    use crate::localdb::LocalDb;
 
-    /// A real redb file in a temp dir; keep the `TempDir` alive for the test's duration.
-    pub fn temp_db() -> (tempfile::TempDir, Arc<redb::Database>) {
+    /// A real database file in a temp dir; keep the `TempDir` alive for the test's duration.
+    pub fn temp_db() -> (tempfile::TempDir, LocalDb) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = redb::Database::create(dir.path().join("auth.redb")).expect("create redb");
-        (dir, Arc::new(db))
+        let db = LocalDb::open(dir.path()).expect("open database");
+        (dir, db)
     }
 }
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use biscuit_auth::{KeyPair, PublicKey};
-use redb::Database;
 
 use super::throttle::Throttle;
 use super::tokens::{self, IssuedToken};
-use super::{blocking, users, AuthError};
+use super::{users, AuthError};
 use crate::clock::Clock;
+use crate::localdb::LocalDb;
 
 /// Cheap to clone (one `Arc`); share one instance across all handlers so they share the login
 /// throttle.
@@ -20,7 +20,7 @@ pub struct Auth {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: LocalDb,
     root: KeyPair,
     public: PublicKey,
     ttl: Duration,
@@ -41,12 +41,7 @@ impl fmt::Debug for Auth {
 impl Auth {
     /// `token_ttl` is applied at whole-second resolution (minimum 1 s). Computes the dummy
     /// password hash once up front (one Argon2 run, tens of ms), see `users::verify_password`.
-    pub fn new(
-        db: Arc<Database>,
-        root: KeyPair,
-        token_ttl: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(db: LocalDb, root: KeyPair, token_ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         users::warm_up_dummy_hash();
         let public = root.public();
         Self {
@@ -75,11 +70,13 @@ impl Auth {
             // Cannot be a real user. Still spend the hash so malformed names are not a fast
             // path; not throttled because there is no account to protect and such names are
             // unbounded garbage we do not want as map keys.
-            blocking(move || {
-                users::verify_password(&password, None);
-                Ok(())
-            })
-            .await?;
+            self.inner
+                .db
+                .run(move |_| {
+                    users::verify_password(&password, None);
+                    Ok::<_, AuthError>(())
+                })
+                .await?;
             return Err(AuthError::InvalidCredentials);
         }
 
@@ -94,20 +91,24 @@ impl Auth {
 
         let inner = Arc::clone(&self.inner);
         let name = username.to_owned();
-        let result = blocking(move || {
-            if password.len() > users::MAX_PASSWORD_BYTES {
-                return Err(AuthError::InvalidCredentials);
-            }
-            let record = users::lookup(&inner.db, &name)?;
-            // Always exactly one Argon2 verification: against the user's hash, or against the
-            // dummy when the user does not exist.
-            let ok = users::verify_password(&password, record.as_ref().map(|r| r.phc.as_str()));
-            match record {
-                Some(r) if ok => tokens::issue(&inner.root, &name, r.generation, now, inner.ttl),
-                _ => Err(AuthError::InvalidCredentials),
-            }
-        })
-        .await;
+        let db = inner.db.clone();
+        let result = db
+            .run(move |db| {
+                if password.len() > users::MAX_PASSWORD_BYTES {
+                    return Err(AuthError::InvalidCredentials);
+                }
+                let record = users::lookup(db, &name)?;
+                // Always exactly one Argon2 verification: against the user's hash, or against the
+                // dummy when the user does not exist.
+                let ok = users::verify_password(&password, record.as_ref().map(|r| r.phc.as_str()));
+                match record {
+                    Some(r) if ok => {
+                        tokens::issue(&inner.root, &name, r.generation, now, inner.ttl)
+                    }
+                    _ => Err(AuthError::InvalidCredentials),
+                }
+            })
+            .await;
 
         match &result {
             Ok(_) => {
@@ -137,10 +138,11 @@ impl Auth {
         let token = bearer_token(header)?.to_owned();
         let now = self.inner.clock.now();
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
+        let db = inner.db.clone();
+        db.run(move |db| {
             let claims = tokens::check(&token, &inner.public, now)?;
             // One snapshot for both lookups, so a concurrent remove + re-add cannot be half-seen.
-            let txn = tokens::begin_read(&inner.db)?;
+            let txn = tokens::begin_read(db)?;
             if tokens::is_revoked(&txn, &claims.revocation_ids)? {
                 return Err(AuthError::InvalidToken("token revoked".into()));
             }
@@ -163,27 +165,31 @@ impl Auth {
 
     /// Async wrappers over the synchronous user functions, for admin endpoints.
     pub async fn add_user(&self, username: &str, password: &str) -> Result<(), AuthError> {
-        let (db, name, pw) = (
-            Arc::clone(&self.inner.db),
-            username.to_owned(),
-            password.to_owned(),
-        );
-        blocking(move || users::add_user(&db, &name, &pw)).await
+        let (name, pw) = (username.to_owned(), password.to_owned());
+        self.inner
+            .db
+            .run(move |db| users::add_user(db, &name, &pw))
+            .await
     }
 
     pub async fn remove_user(&self, username: &str) -> Result<(), AuthError> {
-        let (db, name) = (Arc::clone(&self.inner.db), username.to_owned());
-        blocking(move || users::remove_user(&db, &name)).await
+        let name = username.to_owned();
+        self.inner
+            .db
+            .run(move |db| users::remove_user(db, &name))
+            .await
     }
 
     pub async fn list_users(&self) -> Result<Vec<String>, AuthError> {
-        let db = Arc::clone(&self.inner.db);
-        blocking(move || users::list_users(&db)).await
+        self.inner.db.run(users::list_users).await
     }
 
     pub async fn revoke_token(&self, token: &str) -> Result<(), AuthError> {
-        let (inner, token) = (Arc::clone(&self.inner), token.to_owned());
-        blocking(move || tokens::revoke_token(&inner.db, &token, &inner.public)).await
+        let (public, token) = (self.inner.public, token.to_owned());
+        self.inner
+            .db
+            .run(move |db| tokens::revoke_token(db, &token, &public))
+            .await
     }
 }
 
@@ -225,24 +231,22 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        db: Arc<Database>,
+        db: Arc<redb::Database>,
+        local: LocalDb,
         clock: ManualClock,
         auth: Auth,
     }
 
     fn fixture() -> Fixture {
-        let (dir, db) = temp_db();
+        let (dir, local) = temp_db();
+        let db = Arc::clone(local.database());
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-        let auth = Auth::new(
-            Arc::clone(&db),
-            KeyPair::new(),
-            TTL,
-            Arc::new(clock.clone()),
-        );
+        let auth = Auth::new(local.clone(), KeyPair::new(), TTL, Arc::new(clock.clone()));
         add_user(&db, "alice", "correct horse").expect("add alice");
         Fixture {
             _dir: dir,
             db,
+            local,
             clock,
             auth,
         }
@@ -372,7 +376,7 @@ mod tests {
     async fn token_from_another_key_is_refused() {
         let f = fixture();
         let other = Auth::new(
-            Arc::clone(&f.db),
+            f.local.clone(),
             KeyPair::new(),
             TTL,
             Arc::new(f.clock.clone()),

@@ -24,14 +24,11 @@ use std::time::{Duration, SystemTime};
 use biscuit_auth::builder::{Binary, Op, Term, Unary};
 use biscuit_auth::macros::{authorizer, biscuit, rule};
 use biscuit_auth::{error, Authorizer, AuthorizerLimits, Biscuit, KeyPair, PublicKey};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase};
 
-use super::{open_read_table, AuthError};
+use super::AuthError;
 use crate::clock::unix_millis;
-
-/// revocation id (block signature bytes) → when it was revoked (unix millis), kept so a future
-/// cleanup job can drop entries older than the longest TTL ever configured.
-const REVOKED: TableDefinition<&[u8], u64> = TableDefinition::new("auth_revoked_tokens");
+use crate::localdb::schema::REVOKED;
 
 /// Our tokens are ~300 base64 chars and an attenuation block adds ~200. Anything larger is
 /// refused before base64 decoding and signature checks spend time on it; it also bounds the size
@@ -86,10 +83,10 @@ pub(crate) fn issue(
     now: SystemTime,
     ttl: Duration,
 ) -> Result<IssuedToken, AuthError> {
-    let internal = |e: error::Token| AuthError::Storage(format!("cannot build token: {e}"));
+    let internal = |e: error::Token| AuthError::Internal(format!("cannot build token: {e}"));
     let expires_secs = unix_secs(now).saturating_add(ttl.as_secs().max(1));
     let generation = i64::try_from(generation)
-        .map_err(|_| AuthError::Storage("user generation out of range".into()))?;
+        .map_err(|_| AuthError::Internal("user generation out of range".into()))?;
     // `Term::Date` directly: biscuit's `From<SystemTime>` unwraps on pre-1970 times.
     let token = biscuit!(
         r#"
@@ -264,9 +261,7 @@ fn describe(e: &error::Token) -> String {
 /// `true` if any of the token's blocks has been revoked. Revoking a token therefore also revokes
 /// every token derived from it (they share its earlier blocks' ids).
 pub(crate) fn is_revoked(txn: &redb::ReadTransaction, ids: &[Vec<u8>]) -> Result<bool, AuthError> {
-    let Some(table) = open_read_table(txn, REVOKED)? else {
-        return Ok(false);
-    };
+    let table = txn.open_table(REVOKED).map_err(redb::Error::from)?;
     for id in ids {
         if table
             .get(id.as_slice())

@@ -1,5 +1,5 @@
 //! The user table and password hashing. Everything here is synchronous so the CLI can call it
-//! without a runtime; the async [`super::Auth`] wraps it in `spawn_blocking`.
+//! without a runtime; the async [`super::Auth`] runs it on the blocking pool.
 //!
 //! Each user has a *generation* baked into their tokens. Generations come from one global,
 //! never-reused counter, so a user who is removed and re-added gets a new generation and their
@@ -9,14 +9,10 @@ use std::sync::OnceLock;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::{open_read_table, AuthError};
-
-/// username → (Argon2id PHC string, generation).
-pub(crate) const USERS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("auth_users");
-/// Small counters; today only the next generation number.
-const META: TableDefinition<&str, u64> = TableDefinition::new("auth_meta");
+use super::AuthError;
+use crate::localdb::schema::{AUTH_META as META, USERS};
 const NEXT_GENERATION: &str = "next_generation";
 
 pub const MAX_USERNAME_CHARS: usize = 64;
@@ -40,7 +36,7 @@ pub(crate) fn hash_password(password: &str) -> Result<String, AuthError> {
     hasher()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| AuthError::Storage(format!("password hashing failed: {e}")))
+        .map_err(|e| AuthError::Internal(format!("password hashing failed: {e}")))
 }
 
 /// A hash of a random password, made once per process with the current parameters. Logins for
@@ -180,9 +176,7 @@ pub fn remove_user(db: &Database, name: &str) -> Result<(), AuthError> {
 /// All usernames, sorted (redb keeps keys ordered).
 pub fn list_users(db: &Database) -> Result<Vec<String>, AuthError> {
     let txn = db.begin_read().map_err(redb::Error::from)?;
-    let Some(users) = open_read_table(&txn, USERS)? else {
-        return Ok(Vec::new());
-    };
+    let users = txn.open_table(USERS).map_err(redb::Error::from)?;
     let mut names = Vec::new();
     for entry in users.iter().map_err(redb::Error::from)? {
         let (name, _) = entry.map_err(redb::Error::from)?;
@@ -208,9 +202,7 @@ pub(crate) fn lookup_in(
     txn: &redb::ReadTransaction,
     name: &str,
 ) -> Result<Option<UserRecord>, AuthError> {
-    let Some(users) = open_read_table(txn, USERS)? else {
-        return Ok(None);
-    };
+    let users = txn.open_table(USERS).map_err(redb::Error::from)?;
     let record = users.get(name).map_err(redb::Error::from)?.map(|g| {
         let (phc, generation) = g.value();
         UserRecord {
@@ -229,6 +221,7 @@ mod tests {
     #[test]
     fn add_list_remove() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         assert!(list_users(&db).expect("list").is_empty());
         add_user(&db, "bob", "pw-b").expect("add bob");
         add_user(&db, "alice", "pw-a").expect("add alice");
@@ -248,6 +241,7 @@ mod tests {
     #[test]
     fn salts_are_per_user() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         add_user(&db, "a", "same").expect("add");
         add_user(&db, "b", "same").expect("add");
         let a = lookup(&db, "a").expect("lookup").expect("a");
@@ -258,6 +252,7 @@ mod tests {
     #[test]
     fn duplicate_user_refused_with_clear_message() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         add_user(&db, "alice", "pw").expect("add");
         let err = add_user(&db, "alice", "other").expect_err("duplicate");
         assert!(matches!(err, AuthError::UserExists(_)));
@@ -267,6 +262,7 @@ mod tests {
     #[test]
     fn invalid_usernames_refused() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         let too_long = "x".repeat(65);
         for bad in [
             "", " alice", "alice ", "\talice", "al\nice", "a\u{7f}b", &too_long,
@@ -286,6 +282,7 @@ mod tests {
     #[test]
     fn invalid_passwords_refused() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         let long = "p".repeat(MAX_PASSWORD_BYTES + 1);
         for bad in ["", long.as_str()] {
             let err = add_user(&db, "alice", bad).expect_err("bad password");
@@ -296,6 +293,7 @@ mod tests {
     #[test]
     fn generations_are_never_reused() {
         let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
         add_user(&db, "alice", "pw").expect("add");
         let g1 = lookup(&db, "alice").expect("l").expect("alice").generation;
         remove_user(&db, "alice").expect("remove");

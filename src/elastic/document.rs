@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::clock::unix_millis;
-use crate::stats::{Totals, UrlStats};
+use crate::domain::{Totals, UrlStats};
 
 /// One report as stored in Elasticsearch. Field names are the wire names; the index template in
 /// [`super::template`] maps each of them.

@@ -34,15 +34,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use elasticsearch::Elasticsearch;
-use redb::TableDefinition;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::stats::{Totals, UrlStats};
-use crate::store::{Store, StoreError};
+use crate::domain::{Totals, UrlStats};
+use crate::localdb::{DbError, LocalDb};
 
 mod client;
 mod config;
@@ -61,19 +60,6 @@ pub use document::ReportDocument;
 pub use history::{HistoryPoint, MAX_HISTORY_MINUTES};
 pub use outbox::DeadLetter;
 
-/// Sequence → (document id, JSON source). Keys grow with every enqueue, so iteration order is
-/// enqueue order: the sender sends the oldest first and the bound drops the oldest first.
-pub(crate) const OUTBOX: TableDefinition<u64, (&str, &str)> = TableDefinition::new("es_outbox_v1");
-/// Sequence → (document id, JSON source, Elasticsearch's reason, refused at unix millis).
-pub(crate) const DEAD_LETTERS: TableDefinition<u64, (&str, &str, &str, u64)> =
-    TableDefinition::new("es_dead_letter_v1");
-/// Named counters of this module.
-pub(crate) const ES_META: TableDefinition<&str, u64> = TableDefinition::new("es_meta_v1");
-/// Next outbox sequence number. Persisted (not derived from the outbox's last key) because the
-/// outbox is empty most of the time, and reusing a number would reuse a document id that is
-/// already in the index: the new document would be taken for a duplicate and silently lost.
-pub(crate) const NEXT_SEQ: &str = "next_seq";
-
 /// Why an Elasticsearch operation failed. Messages never contain credentials: they are stripped
 /// from the URL before the client is built.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +67,7 @@ pub enum ElasticError {
     #[error("elasticsearch configuration: {0}")]
     Config(String),
     #[error("elasticsearch outbox: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] DbError),
     #[error("cannot reach elasticsearch: {0}")]
     Unreachable(String),
     #[error("elasticsearch answered {status}: {detail}")]
@@ -141,7 +127,7 @@ impl Counters {
 
 /// State shared by the handles and the sender task.
 pub(crate) struct Shared {
-    pub store: Store,
+    pub store: LocalDb,
     pub client: Elasticsearch,
     pub clock: Arc<dyn Clock>,
     pub index: String,
@@ -188,7 +174,7 @@ impl Reporter {
     /// contact Elasticsearch: a cluster that is down at start is not an error. Must run inside a
     /// Tokio runtime.
     pub async fn start(
-        store: Store,
+        store: LocalDb,
         clock: Arc<dyn Clock>,
         config: ElasticConfig,
     ) -> Result<Reporter, ElasticError> {

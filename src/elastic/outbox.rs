@@ -1,11 +1,11 @@
 //! The persistent outbox and dead-letter tables. Every function here is blocking redb work: call
-//! it through [`crate::store::Store::run`], never on an async worker thread.
+//! it through [`crate::localdb::LocalDb::run`], never on an async worker thread.
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 use serde::Serialize;
 
 use super::document::rfc3339_millis;
-use super::{DEAD_LETTERS, ES_META, NEXT_SEQ, OUTBOX};
-use crate::store::StoreError;
+use crate::localdb::schema::{DEAD_LETTERS, ES_META, NEXT_SEQ, OUTBOX};
+use crate::localdb::DbError;
 
 /// A document waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub(crate) struct Settled {
 }
 
 /// Creates the tables, repairs the sequence if needed, and returns the outbox depth.
-pub(crate) fn init(db: &Database) -> Result<u64, StoreError> {
+pub(crate) fn init(db: &Database) -> Result<u64, DbError> {
     let txn = db.begin_write()?;
     let depth;
     {
@@ -78,7 +78,7 @@ pub(crate) fn push(
     source: &str,
     max: usize,
     make_id: impl FnOnce(u64) -> String,
-) -> Result<Pushed, StoreError> {
+) -> Result<Pushed, DbError> {
     let txn = db.begin_write()?;
     let pushed;
     {
@@ -96,7 +96,7 @@ pub(crate) fn push(
 }
 
 /// The oldest `limit` documents, without removing them.
-pub(crate) fn peek(db: &Database, limit: usize) -> Result<Vec<Pending>, StoreError> {
+pub(crate) fn peek(db: &Database, limit: usize) -> Result<Vec<Pending>, DbError> {
     let txn = db.begin_read()?;
     let outbox = txn.open_table(OUTBOX)?;
     let mut out = Vec::with_capacity(limit.min(1024));
@@ -121,7 +121,7 @@ pub(crate) fn settle(
     refused: &[(u64, String)],
     now_ms: u64,
     max_dead: usize,
-) -> Result<Settled, StoreError> {
+) -> Result<Settled, DbError> {
     let txn = db.begin_write()?;
     let mut settled = Settled::default();
     {
@@ -147,7 +147,7 @@ pub(crate) fn settle(
 }
 
 /// The oldest `limit` dead letters.
-pub(crate) fn dead_letters(db: &Database, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+pub(crate) fn dead_letters(db: &Database, limit: usize) -> Result<Vec<DeadLetter>, DbError> {
     let txn = db.begin_read()?;
     let dead = txn.open_table(DEAD_LETTERS)?;
     let mut out = Vec::new();
@@ -170,7 +170,7 @@ pub(crate) fn dead_letters(db: &Database, limit: usize) -> Result<Vec<DeadLetter
 fn trim<V: redb::Value + 'static>(
     table: &mut Table<'_, u64, V>,
     max: usize,
-) -> Result<u64, StoreError> {
+) -> Result<u64, DbError> {
     let max = u64::try_from(max).unwrap_or(u64::MAX);
     let mut removed = 0;
     while table.len()? > max {
@@ -185,11 +185,11 @@ fn trim<V: redb::Value + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::localdb::LocalDb;
 
-    fn open() -> (tempfile::TempDir, Store) {
+    fn open() -> (tempfile::TempDir, LocalDb) {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path()).unwrap();
+        let store = LocalDb::open(tmp.path()).unwrap();
         init(store.database()).unwrap();
         (tmp, store)
     }
@@ -244,12 +244,12 @@ mod tests {
     fn sequence_survives_reopen_and_empty_outbox() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(tmp.path()).unwrap();
+            let store = LocalDb::open(tmp.path()).unwrap();
             init(store.database()).unwrap();
             push(store.database(), "{}", 10, |s| s.to_string()).unwrap();
             settle(store.database(), &[0], &[], 0, 10).unwrap();
         }
-        let store = Store::open(tmp.path()).unwrap();
+        let store = LocalDb::open(tmp.path()).unwrap();
         assert_eq!(init(store.database()).unwrap(), 0);
         // Not 0 again: an id already in Elasticsearch would turn the new document into a 409.
         let p = push(store.database(), "{}", 10, |s| s.to_string()).unwrap();

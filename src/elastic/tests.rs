@@ -16,9 +16,9 @@ use crate::clock::{ManualClock, SystemClock};
 const INDEX: &str = ElasticConfig::DEFAULT_INDEX;
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn open_store(dir: &std::path::Path) -> Store {
+async fn open_store(dir: &std::path::Path) -> LocalDb {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || Store::open(&dir))
+    tokio::task::spawn_blocking(move || LocalDb::open(&dir))
         .await
         .unwrap()
         .unwrap()

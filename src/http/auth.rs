@@ -5,9 +5,9 @@ use warp::{Filter, Rejection, Reply};
 
 use super::rejection::MAX_REQUEST_BODY;
 use super::reply::{error_response, json_response};
-use super::with_state;
+use super::with;
+use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 #[derive(Deserialize)]
 struct Credentials {
@@ -22,15 +22,13 @@ struct TokenResponse {
     expires_at: String,
 }
 
-pub fn token_route(
-    state: AppState,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn token_route(auth: Auth) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("token")
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_REQUEST_BODY))
         .and(warp::body::bytes())
-        .and(with_state(state))
-        .then(|body: bytes::Bytes, state: AppState| async move {
+        .and(with(auth))
+        .then(|body: bytes::Bytes, auth: Auth| async move {
             let credentials: Credentials = match serde_json::from_slice(&body) {
                 Ok(c) => c,
                 Err(_) => {
@@ -39,8 +37,7 @@ pub fn token_route(
                     ))
                 }
             };
-            match state
-                .auth
+            match auth
                 .login(&credentials.username, &credentials.password)
                 .await
             {
@@ -58,24 +55,20 @@ pub fn token_route(
         })
 }
 
-pub fn secret_route(
-    state: AppState,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn secret_route(auth: Auth) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("secret")
         .and(super::get_or_head())
         .and(super::header_text("authorization"))
-        .and(with_state(state))
-        .then(
-            |authorization: Option<String>, state: AppState| async move {
-                match state.auth.verify(authorization.as_deref()).await {
-                    Ok(username) => warp::reply::with_header(
-                        format!("Hi {username}"),
-                        "content-type",
-                        "text/plain; charset=utf-8",
-                    )
-                    .into_response(),
-                    Err(e) => error_response(&e.into()),
-                }
-            },
-        )
+        .and(with(auth))
+        .then(|authorization: Option<String>, auth: Auth| async move {
+            match auth.verify(authorization.as_deref()).await {
+                Ok(username) => warp::reply::with_header(
+                    format!("Hi {username}"),
+                    "content-type",
+                    "text/plain; charset=utf-8",
+                )
+                .into_response(),
+                Err(e) => error_response(&e.into()),
+            }
+        })
 }

@@ -6,12 +6,14 @@ use warp::{Filter, Rejection};
 
 use super::rejection::MAX_REQUEST_BODY;
 use super::reply::{error_response, json_response};
-use super::with_state;
+use super::with;
+use crate::classify::ClassifyService;
 use crate::domain::{ClassifyResponse, ImageUrl};
 use crate::error::ApiError;
-use crate::state::AppState;
 
-pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn route(
+    service: ClassifyService,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("classify-image")
         .and(warp::post())
         // Taken before the body is read: processing_time runs from the request's arrival.
@@ -19,7 +21,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Reje
         .and(super::header_text("content-type"))
         .and(warp::body::content_length_limit(MAX_REQUEST_BODY))
         .and(warp::body::bytes())
-        .and(with_state(state))
+        .and(with(service))
         .then(handle)
 }
 
@@ -27,11 +29,11 @@ async fn handle(
     arrived: Instant,
     content_type: Option<String>,
     body: Bytes,
-    state: AppState,
+    service: ClassifyService,
 ) -> Response {
     let result = async {
         let url = parse_request(content_type.as_deref(), &body)?;
-        state.classify(&url, arrived).await
+        service.classify(&url, arrived).await
     }
     .await;
     match result {

@@ -5,10 +5,10 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::reply::{error_response, json_response};
-use super::with_state;
+use super::with;
 use crate::error::ApiError;
+use crate::history::History;
 use crate::history::{HistoryPoint, MAX_MINUTES};
-use crate::state::AppState;
 
 /// The window when the query names none: the last hour.
 pub const DEFAULT_MINUTES: u32 = 60;
@@ -22,20 +22,20 @@ struct HistoryResponse {
     points: Vec<HistoryPoint>,
 }
 
-pub fn route(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn route(history: History) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("report" / "history")
         .and(super::get_or_head())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(with_state(state))
+        .and(with(history))
         .then(handle)
 }
 
-async fn handle(query: String, state: AppState) -> Response {
+async fn handle(query: String, history: History) -> Response {
     let minutes = match parse_minutes(&query) {
         Ok(m) => m,
         Err(e) => return error_response(&e),
     };
-    let (source, points) = state.history.points(minutes).await;
+    let (source, points) = history.points(minutes).await;
     json_response(&HistoryResponse {
         source,
         minutes,

@@ -14,21 +14,37 @@ use std::convert::Infallible;
 use std::time::Instant;
 use warp::{Filter, Reply};
 
-use crate::state::AppState;
+use crate::auth::Auth;
+use crate::classify::ClassifyService;
+use crate::history::History;
+use crate::report::ReportService;
 
+pub use ops::Ops;
 pub use reply::error_response;
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let api = classify::route(state.clone())
-        .or(report::route(state.clone()))
+/// What the routes are built from: one handle per concern, each handed only to its own routes.
+#[derive(Clone)]
+pub struct Services {
+    pub classify: ClassifyService,
+    pub report: ReportService,
+    pub history: History,
+    pub auth: Auth,
+    pub ops: Ops,
+}
+
+pub fn routes(
+    services: Services,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let api = classify::route(services.classify)
+        .or(report::route(services.report))
         .unify()
-        .or(auth::token_route(state.clone()))
+        .or(auth::token_route(services.auth.clone()))
         .unify()
-        .or(auth::secret_route(state.clone()))
+        .or(auth::secret_route(services.auth))
         .unify()
-        .or(ops::routes(state.clone()))
+        .or(ops::routes(services.ops))
         .unify()
-        .or(history::route(state))
+        .or(history::route(services.history))
         .unify()
         .or(web::route())
         .unify()
@@ -61,7 +77,7 @@ fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Copy {
     warp::get().or(warp::head()).unify()
 }
 
-/// Hands the shared state to a handler.
-fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
+/// Gives a handler its service: a cheap handle, cloned per request.
+fn with<T: Clone + Send>(x: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
+    warp::any().map(move || x.clone())
 }

@@ -1,28 +1,41 @@
 //! For operators and orchestrators: liveness, readiness, Prometheus metrics, the OpenAPI spec.
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::reply::error_response;
-use super::with_state;
+use super::with;
+use crate::elastic::Reporter;
 use crate::error::ApiError;
 use crate::metrics as names;
-use crate::state::AppState;
 
 /// The spec in the repository, served as it is.
 const OPENAPI: &str = include_str!("../../openapi.yaml");
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// What the operator endpoints read.
+#[derive(Clone)]
+pub struct Ops {
+    /// True from the end of start-up until shutdown begins: what `/readyz` reports.
+    pub ready: Arc<AtomicBool>,
+    /// `None` when metrics are disabled.
+    pub metrics: Option<PrometheusHandle>,
+    /// Its delivery counters are copied into the metrics at scrape time.
+    pub reporter: Option<Reporter>,
+}
+
+pub fn routes(ops: Ops) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let healthz = warp::path!("healthz")
         .and(super::get_or_head())
         .map(|| warp::reply::json(&json!({ "status": "ok" })).into_response());
     let readyz = warp::path!("readyz")
         .and(super::get_or_head())
-        .and(with_state(state.clone()))
-        .map(|state: AppState| {
-            let (body, status) = if state.ready.load(Ordering::Acquire) {
+        .and(with(ops.ready.clone()))
+        .map(|ready: Arc<AtomicBool>| {
+            let (body, status) = if ready.load(Ordering::Acquire) {
                 ("ready", StatusCode::OK)
             } else {
                 ("not_ready", StatusCode::SERVICE_UNAVAILABLE)
@@ -32,7 +45,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rej
         });
     let metrics = warp::path!("metrics")
         .and(super::get_or_head())
-        .and(with_state(state))
+        .and(with(ops))
         .map(render_metrics);
     let openapi = warp::path!("openapi.yaml")
         .and(super::get_or_head())
@@ -48,12 +61,12 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Rej
         .unify()
 }
 
-fn render_metrics(state: AppState) -> Response {
-    let Some(handle) = &state.metrics else {
+fn render_metrics(ops: Ops) -> Response {
+    let Some(handle) = &ops.metrics else {
         return error_response(&ApiError::NotFound);
     };
     // The reporter keeps its own counters; copy them at scrape time.
-    if let Some(reporter) = &state.reporter {
+    if let Some(reporter) = &ops.reporter {
         let s = reporter.stats();
         metrics::gauge!(names::ES_OUTBOX_DEPTH).set(s.outbox_depth as f64);
         metrics::gauge!(names::ES_SENT).set(s.sent as f64);

@@ -1,0 +1,91 @@
+//! Per-URL request statistics (count, min, max, average processing time) and global totals.
+//!
+//! [`Stats::record`] costs a hash-map update under a short mutex (the [`Batcher`] applies it
+//! later). [`Stats::top`] and [`Stats::totals`] combine a backend snapshot with the batches it
+//! does not contain yet, so they reflect every `record()` of this process that returned before
+//! they were called.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::agg::Agg;
+use super::backend::StatsStore;
+use super::batcher::Batcher;
+use super::dispatch::Backend;
+use super::StorageError;
+use crate::domain::{ImageUrl, Totals, UrlStats};
+
+/// Handle to the statistics. Cheap to clone.
+pub struct Stats<B = Backend> {
+    backend: Arc<B>,
+    batcher: Batcher,
+}
+
+impl<B> Clone for Stats<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: Arc::clone(&self.backend),
+            batcher: self.batcher.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Stats<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").finish_non_exhaustive()
+    }
+}
+
+impl<B: StatsStore> Stats<B> {
+    pub(crate) fn new(backend: Arc<B>, batcher: Batcher) -> Self {
+        Self { backend, batcher }
+    }
+
+    /// Records one successful classification request (fresh or cached) of `url` that took
+    /// `processing_time`. Non-blocking.
+    pub fn record(&self, url: &ImageUrl, processing_time: Duration) {
+        self.batcher
+            .record(url.as_str(), processing_time.as_secs_f64());
+    }
+
+    /// The `n` most requested URLs, by count descending then URL ascending.
+    ///
+    /// Cost: the backend's top `n` plus one row per URL with unapplied requests; independent of
+    /// the number of distinct URLs. Exact because unapplied requests only raise counts: a URL
+    /// outside the stored top `n` without unapplied requests still has `n` URLs ahead of it.
+    pub async fn top(&self, n: usize) -> Result<Vec<UrlStats>, StorageError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // Taken before the snapshot: every acknowledged request is in this view or in the
+        // snapshot, and the sequence numbers tell which.
+        let view = self.batcher.pending_view();
+        let snapshot = self.backend.top(n, view.urls()).await?;
+        let mut rows: HashMap<String, Agg> = snapshot.top.into_iter().collect();
+        for (url, delta) in view.after(snapshot.seq).per_url {
+            let mut agg = rows
+                .remove(&url)
+                .or_else(|| snapshot.named.get(&url).copied())
+                .unwrap_or(Agg::EMPTY);
+            agg.merge(&delta);
+            rows.insert(url, agg);
+        }
+        let mut rows: Vec<(String, Agg)> = rows.into_iter().collect();
+        rows.sort_by(|(ua, a), (ub, b)| b.count.cmp(&a.count).then_with(|| ua.cmp(ub)));
+        rows.truncate(n);
+        Ok(rows
+            .into_iter()
+            .map(|(url, agg)| agg.url_stats(url))
+            .collect())
+    }
+
+    /// Count, min, max and average across all URLs, with the same freshness as [`Stats::top`].
+    pub async fn totals(&self) -> Result<Totals, StorageError> {
+        let view = self.batcher.pending_view();
+        let (mut agg, seq) = self.backend.totals().await?;
+        if let Some(delta) = view.after(seq).totals {
+            agg.merge(&delta);
+        }
+        Ok(agg.totals())
+    }
+}

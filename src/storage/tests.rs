@@ -1,0 +1,758 @@
+//! The storage contract, run against every backend, and the redb backend's own guarantees
+//! (durability across restarts, write-behind, purge, the on-disk format).
+//!
+//! Faults are injected by wrapping a backend ([`Failing`]), never by hooks in production types.
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ::redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::domain::{Classification, ImageUrl};
+use crate::localdb::schema::{CACHE, CACHE_EXPIRY, URL_STATS, URL_STATS_BY_COUNT};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// A flush interval long enough that nothing is applied unless a test asks for it.
+const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+type Make<B> = fn(&Path, Arc<dyn Clock>) -> B;
+
+fn on_memory(_: &Path, _: Arc<dyn Clock>) -> MemoryBackend {
+    MemoryBackend::new()
+}
+
+fn on_redb(dir: &Path, clock: Arc<dyn Clock>) -> RedbBackend {
+    RedbBackend::new(LocalDb::open(dir).unwrap(), clock)
+}
+
+fn url(s: &str) -> ImageUrl {
+    ImageUrl::parse(s).unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn cat() -> Classification {
+    Classification {
+        label: "tabby cat".into(),
+        confidence: 0.875,
+    }
+}
+
+fn agg(times: &[f64]) -> Agg {
+    let mut a = Agg::EMPTY;
+    for t in times {
+        a.merge(&Agg::one(*t));
+    }
+    a
+}
+
+fn config() -> StorageConfig {
+    StorageConfig {
+        flush_interval: NEVER,
+        purge_interval: NEVER,
+        ..StorageConfig::default()
+    }
+}
+
+struct Harness<B: StorageBackend> {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    storage: Storage<B>,
+}
+
+async fn start<B: StorageBackend>(make: impl FnOnce(&Path, Arc<dyn Clock>) -> B) -> Harness<B> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let backend = make(dir.path(), Arc::new(clock.clone()));
+    let storage = Storage::start(backend, Arc::new(clock.clone()), config())
+        .await
+        .unwrap();
+    Harness {
+        dir,
+        clock,
+        storage,
+    }
+}
+
+/// Wraps a backend: `fail_next(n, mode)` makes the next `n` applies fail, before or after the
+/// inner backend applied them (an apply whose success was not seen).
+struct Failing<B> {
+    inner: Arc<B>,
+    failures: AtomicUsize,
+    after: std::sync::atomic::AtomicBool,
+    applies: AtomicUsize,
+}
+
+impl<B> Failing<B> {
+    fn new(inner: B) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            failures: AtomicUsize::new(0),
+            after: false.into(),
+            applies: AtomicUsize::new(0),
+        }
+    }
+
+    fn fail_next(&self, n: usize, after_applying: bool) {
+        self.after.store(after_applying, Ordering::SeqCst);
+        self.failures.store(n, Ordering::SeqCst);
+    }
+
+    fn take_failure(&self) -> bool {
+        self.failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+fn injected() -> StorageError {
+    DbError::Task("injected failure".into()).into()
+}
+
+impl<B: CacheStore> CacheStore for Failing<B> {
+    async fn get(&self, key: &str) -> Result<Option<CachedResult>, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, entry: CachedResult) -> Result<(), StorageError> {
+        self.inner.put(key, entry).await
+    }
+    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        self.inner.try_lease(key, ttl).await
+    }
+    async fn release(&self, lease: Lease) -> Result<(), StorageError> {
+        self.inner.release(lease).await
+    }
+}
+
+impl<B: StatsStore> StatsStore for Failing<B> {
+    async fn apply(&self, seq: u64, batch: Arc<StatsBatch>) -> Result<(), StorageError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        if !self.take_failure() {
+            return self.inner.apply(seq, batch).await;
+        }
+        if self.after.load(Ordering::SeqCst) {
+            self.inner.apply(seq, batch).await?;
+        }
+        Err(injected())
+    }
+    async fn top(&self, n: usize, named: Vec<String>) -> Result<TopSnapshot, StorageError> {
+        self.inner.top(n, named).await
+    }
+    async fn totals(&self) -> Result<(Agg, u64), StorageError> {
+        self.inner.totals().await
+    }
+}
+
+impl<B: StorageBackend> StorageBackend for Failing<B> {
+    fn start_tasks(
+        self: &Arc<Self>,
+        config: &StorageConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        self.inner.start_tasks(config, shutdown)
+    }
+}
+
+// ---- the contract, once per backend -------------------------------------------------------
+
+async fn expired_entry_is_never_served<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let cache = h.storage.cache();
+    cache.insert("k", &cat()).await;
+    h.clock.advance(HOUR - ms(1));
+    assert_eq!(cache.memory_get("k"), Some(cat()));
+    assert_eq!(cache.backend_get("k").await, Some(cat()));
+    h.clock.advance(ms(1));
+    assert_eq!(cache.memory_get("k"), None);
+    assert_eq!(cache.backend_get("k").await, None);
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn promotion_keeps_expiry<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let expires_at_ms = crate::clock::unix_millis(h.clock.now()) + 1000;
+    let entry = CachedResult {
+        label: "old".into(),
+        confidence: 0.5,
+        expires_at_ms,
+    };
+    h.storage.backend().put("k", entry.clone()).await.unwrap();
+    assert_eq!(h.storage.backend().get("k").await.unwrap(), Some(entry));
+    let cache = h.storage.cache();
+    assert_eq!(cache.memory_get("k"), None);
+    assert_eq!(cache.backend_get("k").await.unwrap().label, "old");
+    // Promoted with the stored expiry, not a fresh TTL.
+    assert!(cache.memory_get("k").is_some());
+    h.clock.advance(ms(1000));
+    assert_eq!(cache.memory_get("k"), None);
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn ties_order_by_url_and_top_is_limited<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let stats = h.storage.stats();
+    // u00 gets 12 requests, u01 11, ... u11 1; two more URLs tie with u00.
+    for i in 0..12u64 {
+        for _ in 0..(12 - i) {
+            stats.record(&url(&format!("http://h/u{i:02}")), ms(100));
+        }
+    }
+    for _ in 0..12 {
+        stats.record(&url("http://a/tie"), ms(100));
+        stats.record(&url("http://z/tie"), ms(100));
+    }
+    h.storage.flush().await.unwrap();
+    let got: Vec<(String, u64)> = stats
+        .top(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.image_url, r.count))
+        .collect();
+    let want: Vec<(String, u64)> = [
+        ("http://a/tie", 12),
+        ("http://h/u00", 12),
+        ("http://z/tie", 12),
+        ("http://h/u01", 11),
+        ("http://h/u02", 10),
+        ("http://h/u03", 9),
+        ("http://h/u04", 8),
+        ("http://h/u05", 7),
+        ("http://h/u06", 6),
+        ("http://h/u07", 5),
+    ]
+    .into_iter()
+    .map(|(u, c)| (u.to_owned(), c))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(stats.top(3).await.unwrap().len(), 3);
+    assert_eq!(stats.top(100).await.unwrap().len(), 14);
+    assert!(stats.top(0).await.unwrap().is_empty());
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn min_max_avg_and_totals_are_exact<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let stats = h.storage.stats();
+    let (a, b) = (url("http://img/a.jpg"), url("http://img/b.jpg"));
+    for t in [250, 500, 1500] {
+        stats.record(&a, ms(t));
+    }
+    stats.record(&b, ms(125));
+    // Half applied, half pending: both sides must be combined.
+    h.storage.flush().await.unwrap();
+    stats.record(&b, ms(2000));
+    let top = stats.top(10).await.unwrap();
+    assert_eq!(top[0], agg(&[0.25, 0.5, 1.5]).url_stats(a.to_string()));
+    assert_eq!(top[1], agg(&[0.125, 2.0]).url_stats(b.to_string()));
+    assert_eq!(
+        (top[0].avg_processing_time, top[1].avg_processing_time),
+        (0.75, 1.0625)
+    );
+    let totals = stats.totals().await.unwrap();
+    assert_eq!(
+        (
+            totals.count,
+            totals.min_processing_time,
+            totals.max_processing_time
+        ),
+        (5, 0.125, 2.0)
+    );
+    assert_eq!(totals.avg_processing_time, 0.875);
+    let empty = start(make).await;
+    assert_eq!(
+        empty.storage.stats().totals().await.unwrap(),
+        Agg::EMPTY.totals()
+    );
+    assert!(empty.storage.stats().top(10).await.unwrap().is_empty());
+    empty.storage.shutdown().await.unwrap();
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn reads_see_unapplied_requests<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let stats = h.storage.stats();
+    for _ in 0..3 {
+        stats.record(&url("http://x/pending"), ms(10));
+    }
+    assert_eq!(stats.top(10).await.unwrap()[0].count, 3);
+    assert_eq!(stats.totals().await.unwrap().count, 3);
+    // Reading applied nothing.
+    assert_eq!(h.storage.backend().totals().await.unwrap(), (Agg::EMPTY, 0));
+
+    // Stored counts plus pending ones can reorder the stored top, and a URL far outside the
+    // stored top can jump into it while pending.
+    for i in 0..20 {
+        for _ in 0..5 {
+            stats.record(&url(&format!("http://h/{i:02}")), ms(1));
+        }
+    }
+    h.storage.flush().await.unwrap();
+    for _ in 0..10 {
+        stats.record(&url("http://x/pending"), ms(10));
+        stats.record(&url("http://x/new"), ms(10));
+    }
+    let top = stats.top(2).await.unwrap();
+    assert_eq!(
+        (top[0].image_url.as_str(), top[0].count),
+        ("http://x/pending", 13)
+    );
+    assert_eq!(
+        (top[1].image_url.as_str(), top[1].count),
+        ("http://x/new", 10)
+    );
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn lease_is_exclusive_and_released_only_by_its_owner<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let backend = h.storage.backend();
+    let first = backend.try_lease("k", HOUR).await.unwrap().expect("free");
+    assert_eq!(backend.try_lease("k", HOUR).await.unwrap(), None);
+    // Another key is independent.
+    assert!(backend.try_lease("other", HOUR).await.unwrap().is_some());
+    // A stranger's token releases nothing.
+    let forged = Lease {
+        key: "k".into(),
+        token: first.token.wrapping_add(1000),
+    };
+    backend.release(forged).await.unwrap();
+    assert_eq!(backend.try_lease("k", HOUR).await.unwrap(), None);
+    backend.release(first.clone()).await.unwrap();
+    let second = backend
+        .try_lease("k", HOUR)
+        .await
+        .unwrap()
+        .expect("released");
+    assert_ne!(second.token, first.token);
+    // The first owner releasing again (late) does not free the second owner's lease.
+    backend.release(first).await.unwrap();
+    assert_eq!(backend.try_lease("k", HOUR).await.unwrap(), None);
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn lease_expires<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let backend = h.storage.backend();
+    tokio::time::pause();
+    let _held = backend
+        .try_lease("k", ms(500))
+        .await
+        .unwrap()
+        .expect("free");
+    tokio::time::advance(ms(499)).await;
+    assert_eq!(backend.try_lease("k", ms(500)).await.unwrap(), None);
+    tokio::time::advance(ms(1)).await;
+    assert!(backend.try_lease("k", ms(500)).await.unwrap().is_some());
+    tokio::time::resume();
+    h.storage.shutdown().await.unwrap();
+}
+
+async fn reapplied_sequence_counts_once<B: StorageBackend>(make: Make<B>) {
+    let h = start(make).await;
+    let backend = h.storage.backend();
+    let mut batch = StatsBatch::default();
+    batch.record("http://x/1", 0.5);
+    let batch = Arc::new(batch);
+    backend.apply(1, Arc::clone(&batch)).await.unwrap();
+    backend.apply(1, Arc::clone(&batch)).await.unwrap();
+    let snap = backend.top(10, vec!["http://x/1".into()]).await.unwrap();
+    assert_eq!(
+        (
+            snap.top[0].1.count,
+            snap.named["http://x/1"].count,
+            snap.seq
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(backend.totals().await.unwrap().0.count, 1);
+    h.storage.shutdown().await.unwrap();
+}
+
+macro_rules! contract {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::$backend).await
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! contract_suite {
+    ($($backend:ident),*) => {
+        $(contract!($backend:
+            expired_entry_is_never_served,
+            promotion_keeps_expiry,
+            ties_order_by_url_and_top_is_limited,
+            min_max_avg_and_totals_are_exact,
+            reads_see_unapplied_requests,
+            lease_is_exclusive_and_released_only_by_its_owner,
+            lease_expires,
+            reapplied_sequence_counts_once,
+            failed_apply_is_retried_without_double_counting,
+        );)*
+    };
+}
+
+contract_suite!(on_memory, on_redb);
+
+/// A failed apply (whether or not the backend kept it) is retried under its own sequence number:
+/// every request counts exactly once, and reads see it all along.
+async fn failed_apply_is_retried_without_double_counting<B: StorageBackend>(make: Make<B>) {
+    for after_applying in [false, true] {
+        let h = start(|dir, clock| Failing::new(make(dir, clock))).await;
+        let stats = h.storage.stats();
+        stats.record(&url("http://f/1"), ms(100));
+        h.storage.backend().fail_next(1, after_applying);
+        assert!(h.storage.flush().await.is_err());
+        assert_eq!(stats.top(10).await.unwrap()[0].count, 1);
+
+        stats.record(&url("http://f/1"), ms(300));
+        h.storage.flush().await.unwrap();
+        let top = stats.top(10).await.unwrap();
+        assert_eq!(
+            (top[0].count, top[0].avg_processing_time),
+            (2, 0.2),
+            "{after_applying}"
+        );
+        let (stored, _) = h.storage.backend().totals().await.unwrap();
+        assert_eq!(stored.count, 2, "after_applying={after_applying}");
+        h.storage.shutdown().await.unwrap();
+    }
+}
+
+// ---- the redb backend's own guarantees ----------------------------------------------------
+
+/// The redb backend with a second handle on its file, to look at the tables.
+struct Redb {
+    h: Harness<RedbBackend>,
+    db: LocalDb,
+}
+
+async fn start_redb(cfg: StorageConfig) -> Redb {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let db = LocalDb::open(dir.path()).unwrap();
+    let backend = RedbBackend::new(db.clone(), Arc::new(clock.clone()));
+    let storage = Storage::start(backend, Arc::new(clock.clone()), cfg)
+        .await
+        .unwrap();
+    Redb {
+        h: Harness {
+            dir,
+            clock,
+            storage,
+        },
+        db,
+    }
+}
+
+async fn reopen(r: Redb) -> Redb {
+    let Redb { h, db } = r;
+    let Harness {
+        dir,
+        clock,
+        storage,
+    } = h;
+    storage.shutdown().await.unwrap();
+    let backend = RedbBackend::new(db.clone(), Arc::new(clock.clone()));
+    let storage = Storage::start(backend, Arc::new(clock.clone()), config())
+        .await
+        .unwrap();
+    Redb {
+        h: Harness {
+            dir,
+            clock,
+            storage,
+        },
+        db,
+    }
+}
+
+fn disk_rows(db: &LocalDb) -> (Vec<String>, Vec<(u64, String)>) {
+    let txn = db.database().begin_read().unwrap();
+    let cache = txn.open_table(CACHE).unwrap();
+    let expiry = txn.open_table(CACHE_EXPIRY).unwrap();
+    let rows = cache
+        .iter()
+        .unwrap()
+        .map(|e| e.unwrap().0.value().to_owned())
+        .collect();
+    let idx = expiry
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (key, _) = e.unwrap();
+            let (t, u) = key.value();
+            (t, u.to_owned())
+        })
+        .collect();
+    (rows, idx)
+}
+
+#[tokio::test]
+async fn results_and_stats_survive_a_restart_unflushed() {
+    let mut r = start_redb(config()).await;
+    let h = &r.h;
+    h.storage
+        .cache()
+        .insert("http://img/early.jpg", &cat())
+        .await;
+    h.clock.advance(HOUR / 2);
+    h.storage
+        .cache()
+        .insert("http://img/late.jpg", &cat())
+        .await;
+    h.storage.stats().record(&url("http://s/1"), ms(500));
+    h.storage.stats().record(&url("http://s/1"), ms(1500));
+    // Nothing applied yet: shutdown writes it all.
+    r = reopen(r).await;
+    let h = r.h;
+    let cache = h.storage.cache();
+    assert_eq!(cache.memory_get("http://img/early.jpg"), None);
+    assert_eq!(cache.backend_get("http://img/early.jpg").await, Some(cat()));
+    let top = h.storage.stats().top(10).await.unwrap();
+    assert_eq!((top[0].count, top[0].avg_processing_time), (2, 1.0));
+    // `early` expires on its original schedule, `late` half an hour later.
+    h.clock.advance(HOUR / 2);
+    assert_eq!(cache.memory_get("http://img/early.jpg"), None);
+    assert_eq!(cache.backend_get("http://img/late.jpg").await, Some(cat()));
+    // The sequence continues across restarts: new pending records are still merged.
+    h.storage.stats().record(&url("http://s/1"), ms(250));
+    assert_eq!(h.storage.stats().top(1).await.unwrap()[0].count, 3);
+    h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn results_are_written_behind_with_the_next_batch_or_by_themselves() {
+    let r = start_redb(StorageConfig {
+        flush_interval: ms(20),
+        ..config()
+    })
+    .await;
+    // No statistics at all: the backend's own task writes the queued result.
+    r.h.storage
+        .cache()
+        .insert("http://img/alone.jpg", &cat())
+        .await;
+    wait_until(|| cache_rows(&r.db) == 1).await;
+    r.h.storage.shutdown().await.unwrap();
+}
+
+fn cache_rows(db: &LocalDb) -> u64 {
+    let txn = db.database().begin_read().unwrap();
+    txn.open_table(CACHE).unwrap().len().unwrap()
+}
+
+fn stats_rows(db: &LocalDb) -> u64 {
+    let txn = db.database().begin_read().unwrap();
+    txn.open_table(URL_STATS).unwrap().len().unwrap()
+}
+
+#[tokio::test]
+async fn purge_removes_expired_rows_and_index_keys_in_chunks() {
+    let r = start_redb(config()).await;
+    let h = &r.h;
+    let start_ms = crate::clock::unix_millis(h.clock.now());
+    for i in 0..5 {
+        h.storage
+            .cache()
+            .insert(&format!("http://img/a{i}.jpg"), &cat())
+            .await;
+    }
+    h.clock.advance(HOUR / 2);
+    h.storage.cache().insert("http://img/b.jpg", &cat()).await;
+    h.storage.stats().record(&url("http://img/b.jpg"), ms(1));
+    h.storage.flush().await.unwrap();
+    let (rows, idx) = disk_rows(&r.db);
+    assert_eq!((rows.len(), idx.len()), (6, 6));
+    let backend = h.storage.backend();
+    assert_eq!(backend.purge_expired(2).await.unwrap(), 0);
+
+    // The a* entries expire; purged in chunks of 2 (3 transactions).
+    h.clock.advance(HOUR / 2);
+    assert_eq!(backend.purge_expired(2).await.unwrap(), 5);
+    let (rows, idx) = disk_rows(&r.db);
+    assert_eq!(rows, vec!["http://img/b.jpg".to_owned()]);
+    let half_hour_ms = HOUR.as_millis() as u64 / 2;
+    assert_eq!(
+        idx,
+        vec![(start_ms + 3 * half_hour_ms, "http://img/b.jpg".to_owned())]
+    );
+
+    // Recomputing an expired URL replaces its index key instead of adding a second one.
+    h.clock.advance(HOUR);
+    h.storage.cache().insert("http://img/b.jpg", &cat()).await;
+    h.storage.stats().record(&url("http://img/b.jpg"), ms(1));
+    h.storage.flush().await.unwrap();
+    let (rows, idx) = disk_rows(&r.db);
+    assert_eq!((rows.len(), idx.len()), (1, 1));
+    assert_eq!(backend.purge_expired(2).await.unwrap(), 0);
+    r.h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn background_task_purges() {
+    let r = start_redb(StorageConfig {
+        flush_interval: ms(10),
+        purge_interval: ms(20),
+        ..config()
+    })
+    .await;
+    r.h.storage.cache().insert("http://img/x.jpg", &cat()).await;
+    wait_until(|| cache_rows(&r.db) == 1).await;
+    r.h.clock.advance(HOUR);
+    wait_until(|| cache_rows(&r.db) == 0).await;
+    r.h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn applies_on_interval_and_on_batch_size() {
+    let r = start_redb(StorageConfig {
+        flush_interval: ms(20),
+        ..config()
+    })
+    .await;
+    r.h.storage.stats().record(&url("http://i/1"), ms(1));
+    wait_until(|| stats_rows(&r.db) == 1).await;
+    r.h.storage.shutdown().await.unwrap();
+
+    // Size path: the interval is a day, the 4th request triggers the apply.
+    let r = start_redb(StorageConfig {
+        flush_max_updates: 4,
+        ..config()
+    })
+    .await;
+    for i in 0..3 {
+        r.h.storage
+            .stats()
+            .record(&url(&format!("http://b/{i}")), ms(1));
+    }
+    tokio::time::sleep(ms(50)).await;
+    assert_eq!(stats_rows(&r.db), 0);
+    r.h.storage.stats().record(&url("http://b/3"), ms(1));
+    wait_until(|| stats_rows(&r.db) == 4).await;
+    r.h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn index_holds_one_key_per_url() {
+    let r = start_redb(config()).await;
+    let h = &r.h;
+    for round in 0..3 {
+        for i in 0..=round {
+            h.storage
+                .stats()
+                .record(&url(&format!("http://k/{i}")), ms(1));
+        }
+        h.storage.flush().await.unwrap();
+    }
+    let txn = r.db.database().begin_read().unwrap();
+    let keys: Vec<(u64, String)> = txn
+        .open_table(URL_STATS_BY_COUNT)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (key, _) = e.unwrap();
+            let (rev, url) = key.value();
+            (u64::MAX - rev, url.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [(3, "http://k/0"), (2, "http://k/1"), (1, "http://k/2")]
+            .map(|(c, u)| (c, u.to_owned()))
+            .to_vec()
+    );
+    drop(txn);
+    r.h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_after_shutdown_are_refused_not_hung() {
+    let h = start(on_memory).await;
+    let stats = h.storage.stats().clone();
+    let batcher = h.storage.batcher.clone();
+    h.storage.shutdown().await.unwrap();
+    stats.record(&url("http://late/1"), ms(1));
+    assert!(matches!(batcher.flush().await, Err(StorageError::Closed)));
+}
+
+/// A file written by the previous version (same table names and types, spelled out here rather
+/// than taken from `schema`, so a rename there fails this test) opens with its data.
+#[tokio::test]
+async fn a_file_from_the_previous_version_opens_with_its_data() {
+    use ::redb::TableDefinition;
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let expires = crate::clock::unix_millis(now) + 60_000;
+    {
+        let db = ::redb::Database::create(dir.path().join("classifier.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, (&str, f32, u64)>::new("cache_v1"))
+            .unwrap()
+            .insert("http://old/cat.jpg", ("tabby", 0.5f32, expires))
+            .unwrap();
+        txn.open_table(TableDefinition::<&str, (u64, f64, f64, f64)>::new(
+            "url_stats_v1",
+        ))
+        .unwrap()
+        .insert("http://old/cat.jpg", (2u64, 0.25, 0.75, 1.0))
+        .unwrap();
+        txn.open_table(TableDefinition::<(u64, &str), ()>::new(
+            "url_stats_by_count_v1",
+        ))
+        .unwrap()
+        .insert((u64::MAX - 2, "http://old/cat.jpg"), ())
+        .unwrap();
+        txn.open_table(TableDefinition::<(), (u64, f64, f64, f64)>::new(
+            "stats_totals_v1",
+        ))
+        .unwrap()
+        .insert((), (2u64, 0.25, 0.75, 1.0))
+        .unwrap();
+        txn.open_table(TableDefinition::<&str, u64>::new("storage_meta_v1"))
+            .unwrap()
+            .insert("writer_seq", 41)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(now));
+    let storage = Storage::start(on_redb(dir.path(), clock.clone()), clock, config())
+        .await
+        .unwrap();
+    let hit = storage
+        .cache()
+        .backend_get("http://old/cat.jpg")
+        .await
+        .unwrap();
+    assert_eq!((hit.label.as_str(), hit.confidence), ("tabby", 0.5));
+    storage.stats().record(&url("http://old/cat.jpg"), ms(500));
+    storage.flush().await.unwrap();
+    let top = storage.stats().top(10).await.unwrap();
+    assert_eq!((top[0].count, top[0].avg_processing_time), (3, 0.5));
+    assert_eq!(storage.backend().totals().await.unwrap().1, 42);
+    storage.shutdown().await.unwrap();
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
