@@ -301,6 +301,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::SystemTime;
     use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -349,6 +350,36 @@ mod tests {
         watch::channel(true)
     }
 
+    struct Fixture {
+        storage: Storage,
+        flight: SingleFlight,
+        calls: Arc<AtomicUsize>,
+    }
+
+    type Answer = Result<(Classification, CacheOutcome), ApiError>;
+
+    async fn fixture(lease_ttl: Duration) -> Fixture {
+        let storage = storage().await;
+        Fixture {
+            flight: SingleFlight::new(storage.cache().clone(), lease_ttl),
+            storage,
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    impl Fixture {
+        /// A request for "k" whose computation waits for `gate` and returns `result`.
+        fn spawn(&self, gate: &watch::Receiver<bool>, result: Outcome) -> JoinHandle<Answer> {
+            let compute = gated(&self.calls, None, gate, result);
+            let flight = self.flight.clone();
+            tokio::spawn(async move { flight.get_or_compute("k", compute).await })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
     /// Lets every spawned task run until it waits (the tests use the current-thread runtime).
     async fn settle() {
         for _ in 0..10 {
@@ -358,19 +389,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_compute_once() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), LEASE);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(LEASE).await;
         let (gate_tx, gate) = watch::channel(false);
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let (flight, compute) = (flight.clone(), gated(&calls, None, &gate, Ok(cat())));
-            set.spawn(async move { flight.get_or_compute("k", compute).await });
-        }
+        let requests: Vec<_> = (0..50).map(|_| f.spawn(&gate, Ok(cat()))).collect();
         gate_tx.send_replace(true);
         let mut fresh = 0;
-        for r in set.join_all().await {
-            let (c, o) = r.unwrap();
+        for r in requests {
+            let (c, o) = r.await.unwrap().unwrap();
             assert_eq!(c, cat());
             match o {
                 CacheOutcome::Fresh => fresh += 1,
@@ -378,74 +403,59 @@ mod tests {
                 other => panic!("nothing was stored or leased elsewhere: {other:?}"),
             }
         }
-        assert_eq!((fresh, calls.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!((fresh, f.calls()), (1, 1));
     }
 
     #[tokio::test]
     async fn a_failure_reaches_every_waiter_and_is_not_cached() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), LEASE);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(LEASE).await;
         let (gate_tx, gate) = watch::channel(false);
         let failure = Err(ApiError::Upstream("the image server answered 404".into()));
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..20 {
-            let (flight, compute) = (flight.clone(), gated(&calls, None, &gate, failure.clone()));
-            set.spawn(async move { flight.get_or_compute("k", compute).await });
-        }
+        let requests: Vec<_> = (0..20).map(|_| f.spawn(&gate, failure.clone())).collect();
         settle().await;
         gate_tx.send_replace(true);
-        for r in set.join_all().await {
-            assert!(matches!(r, Err(ApiError::Upstream(m)) if m.contains("404")));
+        for r in requests {
+            let r = r.await.unwrap();
+            assert!(
+                matches!(&r, Err(ApiError::Upstream(m)) if m.contains("404")),
+                "{r:?}"
+            );
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(storage.backend().get("k").await.unwrap(), None);
-        let (_, o) = flight
-            .get_or_compute("k", gated(&calls, None, &open_gate().1, Ok(cat())))
-            .await
-            .unwrap();
-        assert_eq!((o, calls.load(Ordering::SeqCst)), (CacheOutcome::Fresh, 2));
+        assert_eq!(f.calls(), 1);
+        assert_eq!(f.storage.backend().get("k").await.unwrap(), None);
+        let (_, o) = f.spawn(&open_gate().1, Ok(cat())).await.unwrap().unwrap();
+        assert_eq!((o, f.calls()), (CacheOutcome::Fresh, 2));
     }
 
     #[tokio::test]
     async fn a_dropped_leader_does_not_strand_its_waiters() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), LEASE);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(LEASE).await;
         let (gate_tx, gate) = watch::channel(false);
         let (started_tx, started) = oneshot::channel();
         let leader = {
-            let (flight, compute) = (
-                flight.clone(),
-                gated(&calls, Some(started_tx), &gate, Ok(cat())),
-            );
+            let compute = gated(&f.calls, Some(started_tx), &gate, Ok(cat()));
+            let flight = f.flight.clone();
             tokio::spawn(async move { flight.get_or_compute("k", compute).await })
         };
         started.await.unwrap();
-        let mut waiters = tokio::task::JoinSet::new();
-        for _ in 0..5 {
-            let (flight, compute) = (flight.clone(), gated(&calls, None, &gate, Ok(cat())));
-            waiters.spawn(async move { flight.get_or_compute("k", compute).await });
-        }
+        let waiters: Vec<_> = (0..5).map(|_| f.spawn(&gate, Ok(cat()))).collect();
         settle().await;
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
         gate_tx.send_replace(true);
-        for r in waiters.join_all().await {
-            assert_eq!(r.unwrap(), (cat(), CacheOutcome::Joined));
+        for r in waiters {
+            assert_eq!(r.await.unwrap().unwrap(), (cat(), CacheOutcome::Joined));
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(f.calls(), 1);
     }
 
     #[tokio::test]
     async fn a_panicking_computation_lets_waiters_retry() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), LEASE);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(LEASE).await;
         let (gate_tx, mut gate) = watch::channel(false);
         let (started_tx, started) = oneshot::channel();
         let leader = {
-            let flight = flight.clone();
+            let flight = f.flight.clone();
             tokio::spawn(async move {
                 flight
                     .get_or_compute("k", move || async move {
@@ -457,41 +467,24 @@ mod tests {
             })
         };
         started.await.unwrap();
-        let waiter = {
-            let (flight, compute) = (
-                flight.clone(),
-                gated(&calls, None, &open_gate().1, Ok(cat())),
-            );
-            tokio::spawn(async move { flight.get_or_compute("k", compute).await })
-        };
+        let waiter = f.spawn(&open_gate().1, Ok(cat()));
         settle().await;
         gate_tx.send_replace(true);
         // The panic surfaces in the request whose computation panicked...
         assert!(leader.await.unwrap_err().is_panic());
         // ...and the waiter computes with its own instead of hanging.
         let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert_eq!(
-            result.unwrap().unwrap().unwrap(),
-            (cat(), CacheOutcome::Fresh)
-        );
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let answer = result.unwrap().unwrap().unwrap();
+        assert_eq!((answer, f.calls()), ((cat(), CacheOutcome::Fresh), 1));
     }
 
     #[tokio::test]
     async fn a_key_leased_elsewhere_is_waited_for_not_computed() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), LEASE);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(LEASE).await;
         // Another process holds the lease on "k".
-        let backend = storage.backend();
+        let backend = f.storage.backend();
         let elsewhere = backend.try_lease("k", LEASE).await.unwrap().unwrap();
-        let waiter = {
-            let (flight, compute) = (
-                flight.clone(),
-                gated(&calls, None, &open_gate().1, Ok(cat())),
-            );
-            tokio::spawn(async move { flight.get_or_compute("k", compute).await })
-        };
+        let waiter = f.spawn(&open_gate().1, Ok(cat()));
         settle().await;
         // It finishes: result first, then the lease.
         let entry = CachedResult {
@@ -501,36 +494,27 @@ mod tests {
         };
         backend.put("k", entry).await.unwrap();
         backend.release(elsewhere).await.unwrap();
-        let (c, o) = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        let (c, o) = result.unwrap().unwrap().unwrap();
         assert_eq!(
             (c.label.as_str(), o),
             ("computed elsewhere", CacheOutcome::RemoteJoined)
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(f.calls(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_never_released_expires_and_then_a_waiter_computes() {
-        let storage = storage().await;
-        let flight = SingleFlight::new(storage.cache().clone(), Duration::from_secs(2));
-        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fixture(Duration::from_secs(2)).await;
         // A holder that crashed: its lease is never released.
-        let _crashed = storage
-            .backend()
+        let backend = f.storage.backend();
+        let _crashed = backend
             .try_lease("k", Duration::from_secs(1))
             .await
-            .unwrap()
             .unwrap();
         let started = tokio::time::Instant::now();
-        let (_, o) = flight
-            .get_or_compute("k", gated(&calls, None, &open_gate().1, Ok(cat())))
-            .await
-            .unwrap();
-        assert_eq!((o, calls.load(Ordering::SeqCst)), (CacheOutcome::Fresh, 1));
+        let (_, o) = f.spawn(&open_gate().1, Ok(cat())).await.unwrap().unwrap();
+        assert_eq!((o, f.calls()), (CacheOutcome::Fresh, 1));
         // Computed once the crashed holder's lease ran out, not before.
         assert!(started.elapsed() >= Duration::from_secs(1));
     }

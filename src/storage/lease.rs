@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::backend::Lease;
+use super::StorageError;
 use crate::sync::lock;
 
 #[derive(Debug, Default)]
@@ -18,24 +19,30 @@ pub(crate) struct LocalLeases {
 }
 
 impl LocalLeases {
-    pub(crate) fn try_lease(&self, key: &str, ttl: Duration) -> Option<Lease> {
+    /// [`super::CacheStore::try_lease`] for a backend held by this process alone.
+    pub(crate) fn try_lease(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StorageError> {
         let now = Instant::now();
         let mut held = lock(&self.held);
         if held.get(key).is_some_and(|(_, expires)| *expires > now) {
-            return None;
+            return Ok(None);
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         held.insert(key.to_owned(), (token, now + ttl));
-        Some(Lease {
+        Ok(Some(Lease {
             key: key.to_owned(),
             token,
-        })
+        }))
     }
 
-    pub(crate) fn release(&self, lease: &Lease) {
+    pub(crate) fn release(&self, lease: &Lease) -> Result<(), StorageError> {
         let mut held = lock(&self.held);
         if held.get(&lease.key).is_some_and(|(t, _)| *t == lease.token) {
             held.remove(&lease.key);
         }
+        Ok(())
     }
 }

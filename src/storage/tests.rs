@@ -444,6 +444,15 @@ async fn start_redb(cfg: StorageConfig) -> Redb {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     let db = LocalDb::open(dir.path()).unwrap();
+    start_on(db, dir, clock, cfg).await
+}
+
+async fn start_on(
+    db: LocalDb,
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    cfg: StorageConfig,
+) -> Redb {
     let backend = RedbBackend::new(db.clone(), Arc::new(clock.clone()));
     let storage = Storage::start(backend, Arc::new(clock.clone()), cfg)
         .await
@@ -466,18 +475,7 @@ async fn reopen(r: Redb) -> Redb {
         storage,
     } = h;
     storage.shutdown().await.unwrap();
-    let backend = RedbBackend::new(db.clone(), Arc::new(clock.clone()));
-    let storage = Storage::start(backend, Arc::new(clock.clone()), config())
-        .await
-        .unwrap();
-    Redb {
-        h: Harness {
-            dir,
-            clock,
-            storage,
-        },
-        db,
-    }
+    start_on(db, dir, clock, config()).await
 }
 
 fn disk_rows(db: &LocalDb) -> (Vec<String>, Vec<(u64, String)>) {

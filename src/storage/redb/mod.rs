@@ -226,12 +226,11 @@ impl CacheStore for RedbBackend {
     }
 
     async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        Ok(self.leases.try_lease(key, ttl))
+        self.leases.try_lease(key, ttl)
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StorageError> {
-        self.leases.release(&lease);
-        Ok(())
+        self.leases.release(&lease)
     }
 }
 
