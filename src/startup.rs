@@ -10,14 +10,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::auth::{load_or_create_root_key, Auth, KeyPair};
+use crate::classify::fetch::{FetchConfig, Fetcher};
+use crate::classify::image::{DecodeLimits, PreprocessOptions};
+use crate::classify::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
+use crate::classify::pipeline::Pipeline;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
-use crate::fetch::{FetchConfig, Fetcher};
 use crate::history::History;
-use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
-use crate::pipeline::Pipeline;
-use crate::preprocess::{DecodeLimits, PreprocessOptions};
 use crate::state::AppState;
 use crate::store::{Storage, StorageConfig};
 

@@ -7,11 +7,11 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Auth;
 use crate::cache::{CacheOutcome, ResultCache};
+use crate::classify::pipeline::Pipeline;
 use crate::domain::{Classification, ImageUrl};
 use crate::elastic::Reporter;
 use crate::error::ApiError;
 use crate::history::History;
-use crate::pipeline::Pipeline;
 use crate::stats::Stats;
 
 #[derive(Clone)]

@@ -1,10 +1,10 @@
 //! What `--jpeg-dct-scaling` does to the answers: every JPEG photo of golden.json, with both
 //! filters, through the real model, preprocessed with and without the reduced-size decode.
 //! `cargo test --test jpeg_dct_scaling -- --nocapture` prints the figures.
-use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
-use classifier_api::preprocess::{
+use classifier_api::classify::image::{
     decode_rgb8_with, preprocess_with, DecodeLimits, PreprocessOptions, ResizeFilter,
 };
+use classifier_api::classify::model::{Engine, ModelSource, Threads, INPUT_LEN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Downloads the image behind a user-supplied URL without letting that URL turn the
 //! service into a proxy into its own network (SSRF) or into a memory/time sink.
 //!
-//! Every destination is judged by [`crate::net_policy::is_public`]:
+//! Every destination is judged by [`net_policy::is_public`]:
 //! - host names by a resolver that drops non-public addresses, so the addresses we judge
 //!   are exactly the ones we connect to (no DNS-rebinding window between check and use);
 //! - IP literals, which never reach a resolver, before the request and on every redirect hop.
@@ -9,6 +9,8 @@
 //! Refusals raised inside reqwest (resolver, redirect policy) come back wrapped in
 //! `reqwest::Error`; [`classify`] walks the `source()` chain to find our own [`Refusal`]
 //! marker and turn it back into the right [`FetchError`].
+mod net_policy;
+
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use reqwest::header::{ACCEPT, ACCEPT_ENCODING};
 use url::{Host, Url};
 
 use crate::domain::ImageUrl;
-use crate::net_policy::is_public;
+use net_policy::is_public;
 
 /// How the fetcher talks to the outside world.
 #[derive(Debug, Clone)]

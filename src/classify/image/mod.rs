@@ -16,7 +16,7 @@ use image::{
     ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
 };
 
-use crate::jpeg_scale;
+pub mod jpeg_scale;
 
 /// The model input is `SIDE x SIDE x 3`.
 pub const SIDE: usize = 224;
@@ -108,7 +108,7 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Prep
 
 /// [`decode_rgb8`], except that with `jpeg_dct_scaling` a JPEG larger than
 /// `2 * SIDE` in both axes comes back decoded at 1/2, 1/4 or 1/8 scale (never
-/// below `SIDE` on either side; see [`crate::jpeg_scale`]). Same checks, same errors.
+/// below `SIDE` on either side; see [`jpeg_scale`]). Same checks, same errors.
 pub fn decode_rgb8_with(
     bytes: &[u8],
     limits: &DecodeLimits,

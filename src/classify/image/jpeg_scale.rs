@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use image::RgbImage;
 use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
 
-use crate::preprocess::{alloc_limit_hit, pack_rgb, DecodeLimits, PreprocessError, SIDE};
+use super::{alloc_limit_hit, pack_rgb, DecodeLimits, PreprocessError, SIDE};
 
 /// Only JPEGs larger than this in both axes are decoded scaled: below it not even 1/2 scale
 /// would keep both sides at the model input size.
@@ -103,14 +103,14 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::preprocess::tests::{
+    use super::super::tests::{
         encode, golden_images, jpeg_claiming, lcg_image, read_fixture, resized, FILTERS, LIMITS,
     };
-    use crate::preprocess::{
+    use super::super::{
         decode_rgb8, decode_rgb8_with, preprocess, preprocess_with, scale_into, PreprocessOptions,
         ResizeFilter,
     };
+    use super::*;
     use image::codecs::jpeg::JpegEncoder;
     use image::{ImageEncoder, ImageFormat, Rgb};
 
