@@ -84,7 +84,7 @@ fn decode_resize() {
                     jpeg_dct_scaling,
                 };
                 p50_p99(time_ms(30, || {
-                    image::preprocess_with(&bytes, &LIMITS, &options, &mut out).unwrap();
+                    image::preprocess(&bytes, &LIMITS, &options, &mut out).unwrap();
                 }))
                 .0
             };
@@ -200,7 +200,7 @@ impl Anchored {
     fn decode(&self) -> f64 {
         let mut out = vec![0.0f32; INPUT_LEN];
         p50_p99(time_ms(20, || {
-            image::preprocess(&self.bmp, &LIMITS, ResizeFilter::default(), &mut out).unwrap();
+            image::preprocess(&self.bmp, &LIMITS, &PreprocessOptions::default(), &mut out).unwrap();
         }))
         .0
     }

@@ -35,7 +35,7 @@ impl Pipeline {
         // Decoding a large JPEG takes milliseconds of CPU: keep it off tokio's workers.
         let input = tokio::task::spawn_blocking(move || {
             let mut input = vec![0.0f32; INPUT_LEN].into_boxed_slice();
-            image::preprocess_with(&bytes, &limits, &options, &mut input).map(|()| input)
+            image::preprocess(&bytes, &limits, &options, &mut input).map(|()| input)
         })
         .await
         .map_err(|e| {
