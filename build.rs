@@ -2,7 +2,7 @@
 //! binaries find libtensorflow at run time without LD_LIBRARY_PATH.
 use std::path::Path;
 
-/// Files rust-embed bakes into the binary (see `src/model/embedded.rs`).
+/// Files rust-embed bakes into the binary (see `src/classify/model/embedded.rs`).
 const EMBEDDED: &[&str] = &[
     "assets/imagenet_class_index.json",
     "assets/mobilenet_v1_1.0_224/frozen_graph.pb",

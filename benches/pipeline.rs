@@ -5,9 +5,9 @@
 //!   in rounds that alternate with their anchors: the c=1 p50 over (model batch-1 + decode/resize
 //!   of cat.bmp), and the c=8 throughput over model-only batch-8 throughput.
 use clap::Parser;
+use classifier_api::classify::image::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
+use classifier_api::classify::model::{Engine, ModelSource, Threads, INPUT_LEN};
 use classifier_api::config::{Cli, Settings};
-use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
-use classifier_api::preprocess::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 use classifier_api::startup::Application;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,7 +84,7 @@ fn decode_resize() {
                     jpeg_dct_scaling,
                 };
                 p50_p99(time_ms(30, || {
-                    preprocess::preprocess_with(&bytes, &LIMITS, &options, &mut out).unwrap();
+                    image::preprocess(&bytes, &LIMITS, &options, &mut out).unwrap();
                 }))
                 .0
             };
@@ -200,7 +200,7 @@ impl Anchored {
     fn decode(&self) -> f64 {
         let mut out = vec![0.0f32; INPUT_LEN];
         p50_p99(time_ms(20, || {
-            preprocess::preprocess(&self.bmp, &LIMITS, ResizeFilter::default(), &mut out).unwrap();
+            image::preprocess(&self.bmp, &LIMITS, &PreprocessOptions::default(), &mut out).unwrap();
         }))
         .0
     }
@@ -208,7 +208,7 @@ impl Anchored {
 
 fn main() {
     // Allocate as the server's `main` does, so end-to-end figures are the server's.
-    classifier_api::memory::single_malloc_arena();
+    classifier_api::rss::single_malloc_arena();
     // `cargo test --all-targets` runs benches in test mode; keep that quick.
     let quick =
         std::env::args().any(|a| a == "--test") || std::env::var_os("BENCH_QUICK").is_some();

@@ -3,7 +3,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::preprocess::ResizeFilter;
+use crate::classify::image::ResizeFilter;
 
 #[derive(Debug, Parser)]
 #[command(

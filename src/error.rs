@@ -4,9 +4,9 @@ use serde::Serialize;
 use warp::http::StatusCode;
 
 use crate::auth::AuthError;
-use crate::fetch::FetchError;
-use crate::model::InferError;
-use crate::preprocess::PreprocessError;
+use crate::classify::fetch::FetchError;
+use crate::classify::image::PreprocessError;
+use crate::classify::model::InferError;
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone, thiserror::Error)]

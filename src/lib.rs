@@ -6,19 +6,20 @@
 //! - `http`: one small warp filter per endpoint; every failure becomes a JSON error. `http::web`
 //!   serves the page for people (`web/`, embedded).
 //! - `error`: the single table from failure to HTTP status and stable error code.
-//! - `state`: what handlers share; `pipeline`: fetch -> preprocess -> infer.
-//! - `fetch` + `net_policy`: downloads untrusted URLs safely (no private destinations, size and
-//!   time limits, redirects checked hop by hop).
-//! - `preprocess`: decode, Pillow-exact resize to 224x224, scale to [-1, 1]; `jpeg_scale`: the
-//!   optional reduced-size JPEG decode (`--jpeg-dct-scaling`).
-//! - `model`: the TensorFlow session on its own thread, with dynamic batching.
+//! - `state`: what handlers share.
+//! - `classify`: the request's stages, in order. `classify::fetch` downloads untrusted URLs
+//!   safely (no private destinations, size and time limits, redirects checked hop by hop);
+//!   `classify::image` decodes, resizes Pillow-exactly to 224x224 and scales to [-1, 1] (with the
+//!   optional reduced-size JPEG decode, `--jpeg-dct-scaling`); `classify::model` runs the
+//!   TensorFlow session on its own thread, with dynamic batching; `classify::pipeline` chains
+//!   fetch -> image -> model.
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
 //!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
 //!   `history`: requests per minute for `/report/history` (in-memory ring, pluggable source).
 //! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
-//! - `memory`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
+//! - `rss`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
 //! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
 pub mod admin;
@@ -29,18 +30,12 @@ pub mod config;
 pub mod domain;
 pub mod elastic;
 pub mod error;
-pub mod fetch;
 pub mod history;
 pub mod http;
-pub mod jpeg_scale;
 pub mod localdb;
-pub mod memory;
 pub mod metrics;
-pub mod model;
-pub mod net_policy;
-pub mod pipeline;
-pub mod preprocess;
 pub mod report;
+pub mod rss;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

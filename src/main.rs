@@ -6,11 +6,11 @@ use std::time::Instant;
 use classifier_api::config::{Cli, Command, Settings};
 use classifier_api::domain::{ClassifyResponse, ImageUrl};
 use classifier_api::error::ApiError;
-use classifier_api::{admin, memory, shutdown, startup, telemetry};
+use classifier_api::{admin, rss, shutdown, startup, telemetry};
 
 fn main() -> ExitCode {
     // Before any thread exists (see the function for the memory it saves).
-    let one_arena = memory::single_malloc_arena();
+    let one_arena = rss::single_malloc_arena();
     // TensorFlow's C++ INFO lines ("oneDNN custom operations are on" ...) drown our own logs.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "2");

@@ -9,17 +9,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::{load_or_create_root_key, Auth, KeyPair};
+use crate::classify::fetch::{FetchConfig, Fetcher};
+use crate::classify::image::{DecodeLimits, PreprocessOptions};
+use crate::classify::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
+use crate::classify::pipeline::Pipeline;
 use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ModelFormat, Secret, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
-use crate::fetch::{FetchConfig, Fetcher};
 use crate::history::History;
 use crate::http::{Ops, Services};
 use crate::localdb::LocalDb;
-use crate::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
-use crate::pipeline::Pipeline;
-use crate::preprocess::{DecodeLimits, PreprocessOptions};
 use crate::report::ReportService;
 use crate::storage::{BackendKind, Storage, StorageConfig};
 

@@ -1,10 +1,10 @@
 //! What `--jpeg-dct-scaling` does to the answers: every JPEG photo of golden.json, with both
 //! filters, through the real model, preprocessed with and without the reduced-size decode.
 //! `cargo test --test jpeg_dct_scaling -- --nocapture` prints the figures.
-use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
-use classifier_api::preprocess::{
-    decode_rgb8_with, preprocess_with, DecodeLimits, PreprocessOptions, ResizeFilter,
+use classifier_api::classify::image::{
+    decode_rgb8, preprocess, DecodeLimits, PreprocessOptions, ResizeFilter,
 };
+use classifier_api::classify::model::{Engine, ModelSource, Threads, INPUT_LEN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +38,7 @@ fn dct_scaling_keeps_the_golden_jpeg_answers() {
             jpeg_dct_scaling,
         };
         let mut input = vec![0.0; INPUT_LEN];
-        preprocess_with(bytes, &LIMITS, &options, &mut input).unwrap();
+        preprocess(bytes, &LIMITS, &options, &mut input).unwrap();
         engine.run(&input, 1).unwrap().0
     };
     let (mut cases, mut agree, mut max_delta, mut scaled_photos) = (0, 0, 0.0f32, 0);
@@ -47,7 +47,11 @@ fn dct_scaling_keeps_the_golden_jpeg_answers() {
             continue;
         }
         let bytes = std::fs::read(fixtures().join(entry["file"].as_str().unwrap())).unwrap();
-        let decoded = decode_rgb8_with(&bytes, &LIMITS, true).unwrap();
+        let scaling = PreprocessOptions {
+            jpeg_dct_scaling: true,
+            ..PreprocessOptions::default()
+        };
+        let decoded = decode_rgb8(&bytes, &LIMITS, &scaling).unwrap();
         let decoded = if entry["width"] == decoded.width() {
             "full size".to_owned()
         } else {

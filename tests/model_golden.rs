@@ -1,9 +1,9 @@
 //! The model alone against golden.json: the exact 224x224 buffers Pillow produced must give the
 //! reference probabilities, through both embedded forms of the model and through a batch.
-use classifier_api::model::{
+use classifier_api::classify::image::scale_into;
+use classifier_api::classify::model::{
     Batching, Classifier, Engine, ModelConfig, ModelSource, Threads, INPUT_LEN,
 };
-use classifier_api::preprocess::scale_into;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

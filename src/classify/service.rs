@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::flight::SingleFlight;
+use super::pipeline::Pipeline;
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
 use crate::history::History;
-use crate::pipeline::Pipeline;
 use crate::storage::Stats;
 
 /// A classification and how long the request took.

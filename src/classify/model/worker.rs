@@ -5,6 +5,8 @@
 //! Why a plain thread: `Session::run` blocks for milliseconds and uses TF's own thread pools; on
 //! tokio's workers it would stall unrelated requests (TEI's `backends` does the same).
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -41,20 +43,39 @@ struct Job {
     span: tracing::Span,
 }
 
-/// Cheap-to-clone handle to the inference thread. The thread ends when the last handle drops.
+/// Cheap-to-clone handle to the inference thread. Dropping the last handle closes the queue and
+/// waits for the thread to finish its batch and free the session.
 #[derive(Clone)]
 pub struct InferenceHandle {
     queue: SyncSender<Job>,
+    /// Declared after `queue`, so dropped after it: when the last `Arc` goes, every sender is
+    /// gone, the thread's `recv` fails and the join returns.
+    _thread: Arc<JoinOnDrop>,
+}
+
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            if thread.join().is_err() {
+                tracing::error!("the inference thread panicked");
+            }
+        }
+    }
 }
 
 impl InferenceHandle {
-    /// Moves `engine` onto its own thread. `classes` is the model's output width, known from warm-up.
+    /// Moves `engine` onto its own thread.
     pub fn spawn(engine: Engine, batching: Batching) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::sync_channel(batching.queue_capacity);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || run_loop(&engine, &jobs, batching))?;
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            _thread: Arc::new(JoinOnDrop(Some(thread))),
+        })
     }
 
     /// Queues one preprocessed image (`INPUT_LEN` floats) and waits for its probabilities.

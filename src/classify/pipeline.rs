@@ -3,12 +3,12 @@
 use bytes::Bytes;
 use std::time::Instant;
 
+use crate::classify::fetch::Fetcher;
+use crate::classify::image::{self, DecodeLimits, PreprocessOptions};
+use crate::classify::model::{Classifier, INPUT_LEN};
 use crate::domain::{Classification, ImageUrl};
 use crate::error::ApiError;
-use crate::fetch::Fetcher;
 use crate::metrics as metrics_names;
-use crate::model::{Classifier, INPUT_LEN};
-use crate::preprocess::{self, DecodeLimits, PreprocessOptions};
 
 #[derive(Clone)]
 pub struct Pipeline {
@@ -35,7 +35,7 @@ impl Pipeline {
         // Decoding a large JPEG takes milliseconds of CPU: keep it off tokio's workers.
         let input = tokio::task::spawn_blocking(move || {
             let mut input = vec![0.0f32; INPUT_LEN].into_boxed_slice();
-            preprocess::preprocess_with(&bytes, &limits, &options, &mut input).map(|()| input)
+            image::preprocess(&bytes, &limits, &options, &mut input).map(|()| input)
         })
         .await
         .map_err(|e| {

@@ -53,8 +53,8 @@ impl Classifier {
     pub fn load(config: &ModelConfig) -> Result<Self, ModelError> {
         let started = Instant::now();
         // What the dynamic linker and TF's static initialisers touched is not needed to serve;
-        // what loading and running the model needs faults back in (see `memory`).
-        crate::memory::drop_library_pages("libtensorflow");
+        // what loading and running the model needs faults back in (see `crate::rss`).
+        crate::rss::drop_library_pages("libtensorflow");
         let engine = Engine::load(&config.source, config.threads)?;
         let labels = read_labels(config.labels.as_ref())?;
         let loaded = started.elapsed();
@@ -73,10 +73,10 @@ impl Classifier {
             }
             // The first run optimises the graph through copies of it (~100 MiB, then freed);
             // give that back before the larger batch grows TensorFlow's tensor pool.
-            crate::memory::trim_heap();
+            crate::rss::trim_heap();
         }
         // What the memory work above achieved, for operators sizing containers (0 off Linux).
-        let (rss_kib, peak_rss_kib) = crate::memory::resident_kib().unwrap_or_default();
+        let (rss_kib, peak_rss_kib) = crate::rss::resident_kib().unwrap_or_default();
         tracing::info!(
             source = ?config.source,
             classes = labels.len(),

@@ -9,7 +9,7 @@ use tensorflow::{
 use super::embedded;
 
 /// Pixels per image the model takes: 224 x 224 x RGB.
-pub const INPUT_LEN: usize = crate::preprocess::SIDE * crate::preprocess::SIDE * 3;
+pub const INPUT_LEN: usize = crate::classify::image::SIDE * crate::classify::image::SIDE * 3;
 
 /// Where the graph comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +175,7 @@ impl Engine {
     /// softmax output row-major, and the class count.
     pub fn run(&self, inputs: &[f32], n: usize) -> Result<(Vec<f32>, usize), EngineError> {
         debug_assert_eq!(inputs.len(), n * INPUT_LEN);
-        let side = crate::preprocess::SIDE as u64;
+        let side = crate::classify::image::SIDE as u64;
         let tensor = Tensor::new(&[n as u64, side, side, 3])
             .with_values(inputs)
             .map_err(|e| EngineError::Run(e.to_string()))?;

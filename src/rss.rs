@@ -1,4 +1,4 @@
-//! Keeping resident memory down around TensorFlow (issue 8: peak RSS under 400 MB).
+//! Keeping resident memory down around TensorFlow, so that peak RSS stays under 400 MB.
 //!
 //! Measured on the release binary before this module existed (610 MiB right after start):
 //! - 290 MiB were file-backed pages of `libtensorflow_cc.so.2`: 125 MiB of its symbol and
@@ -7,8 +7,8 @@
 //! - 117 MiB of the heap were already freed by TensorFlow (the graph copies grappler makes when
 //!   the session first runs) but kept by glibc's malloc in its arenas.
 //!
-//! Both are given back here, once, while the model loads (`model::Classifier::load`). Under load,
-//! what TensorFlow's threads free is kept from spreading over many malloc arenas
+//! Both are given back here, once, while the model loads (`classify::model::Classifier::load`).
+//! Under load, what TensorFlow's threads free is kept from spreading over many malloc arenas
 //! (`single_malloc_arena`, called from `main`). This is the one module allowed `unsafe`: three
 //! libc calls, each used where it cannot change what any memory holds (see each `SAFETY`).
 #![allow(unsafe_code)]

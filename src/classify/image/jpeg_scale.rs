@@ -6,15 +6,16 @@
 //!
 //! The pixels differ from a full decode followed by the resize (the IDCT does the first part of
 //! the downscaling, and jpeg-decoder rounds differently from zune-jpeg), so this is off by default.
-//! Only what `preprocess::decode_rgb8_with` has already vetted gets here: sniffed as JPEG, with an
+//! Only what [`super::decode_rgb8`] has already vetted gets here: sniffed as JPEG, with an
 //! end-of-image marker after its last scan.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use image::RgbImage;
-use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
+use jpeg_decoder::{CodingProcess, Decoder, ImageInfo, PixelFormat};
 
-use crate::preprocess::{alloc_limit_hit, pack_rgb, DecodeLimits, PreprocessError, SIDE};
+use super::decode::{alloc_limit_hit, pack_rgb, DecodeLimits, PreprocessError};
+use super::resize::SIDE;
 
 /// Only JPEGs larger than this in both axes are decoded scaled: below it not even 1/2 scale
 /// would keep both sides at the model input size.
@@ -71,18 +72,7 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
     };
     let (scaled_w, scaled_h) = (u32::from(scaled_w), u32::from(scaled_h));
     let scaled_pixels = u64::from(scaled_w) * u64::from(scaled_h);
-    let output = scaled_pixels * channels;
-    let rgb_copy = if channels == 3 { 0 } else { scaled_pixels * 3 };
-    // A progressive JPEG keeps every DCT coefficient (an i16 per sample) until its last scan.
-    let coefficients = if info.coding_process == CodingProcess::DctProgressive {
-        u64::from(width.next_multiple_of(16))
-            * u64::from(height.next_multiple_of(16))
-            * channels
-            * 2
-    } else {
-        0
-    };
-    if output + rgb_copy + coefficients > limits.max_alloc_bytes {
+    if scaled_allocation(&info, scaled_pixels, channels) > limits.max_alloc_bytes {
         return Err(alloc_limit_hit(limits));
     }
     decoder.set_max_decoding_buffer_size(
@@ -91,7 +81,10 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
     let Ok(pixels) = decoder.decode() else {
         return Ok(None);
     };
-    if pixels.len() as u64 != output || scaled_w < SIDE as u32 || scaled_h < SIDE as u32 {
+    if pixels.len() as u64 != scaled_pixels * channels
+        || scaled_w < SIDE as u32
+        || scaled_h < SIDE as u32
+    {
         return Ok(None);
     }
     Ok(Some(if channels == 3 {
@@ -101,16 +94,31 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
     }))
 }
 
+/// Bytes a scaled decode allocates: its output of `scaled_pixels` samples of `channels` bytes,
+/// the RGB copy of a grey one, and for a progressive JPEG every DCT coefficient (an i16 per
+/// sample), which it keeps until its last scan.
+fn scaled_allocation(info: &ImageInfo, scaled_pixels: u64, channels: u64) -> u64 {
+    let output = scaled_pixels * channels;
+    let rgb_copy = if channels == 3 { 0 } else { scaled_pixels * 3 };
+    let coefficients = if info.coding_process == CodingProcess::DctProgressive {
+        u64::from(u32::from(info.width).next_multiple_of(16))
+            * u64::from(u32::from(info.height).next_multiple_of(16))
+            * channels
+            * 2
+    } else {
+        0
+    };
+    output + rgb_copy + coefficients
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preprocess::tests::{
-        encode, golden_images, jpeg_claiming, lcg_image, read_fixture, resized, FILTERS, LIMITS,
+    use crate::classify::image::test_support::{
+        decode_dct_scaled, decode_plain, encode, golden_images, jpeg_claiming, lcg_image,
+        read_fixture, resized, FILTERS, LIMITS,
     };
-    use crate::preprocess::{
-        decode_rgb8, decode_rgb8_with, preprocess, preprocess_with, scale_into, PreprocessOptions,
-        ResizeFilter,
-    };
+    use crate::classify::image::{preprocess, scale_into, PreprocessOptions, ResizeFilter};
     use image::codecs::jpeg::JpegEncoder;
     use image::{ImageEncoder, ImageFormat, Rgb};
 
@@ -136,8 +144,8 @@ mod tests {
             let bytes = read_fixture(&format!("images/{name}"));
             let got = scaled(&bytes).map(|img| img.dimensions());
             assert_eq!(got, size, "{name}");
-            let full = decode_rgb8(&bytes, &LIMITS).unwrap();
-            let with = decode_rgb8_with(&bytes, &LIMITS, true).unwrap();
+            let full = decode_plain(&bytes, &LIMITS).unwrap();
+            let with = decode_dct_scaled(&bytes, &LIMITS).unwrap();
             assert_eq!(
                 with.dimensions(),
                 size.unwrap_or(full.dimensions()),
@@ -187,7 +195,7 @@ mod tests {
             ("parrot.jpg", 2),
         ] {
             let bytes = read_fixture(&format!("images/{name}"));
-            let want = box_average(&decode_rgb8(&bytes, &LIMITS).unwrap(), factor);
+            let want = box_average(&decode_plain(&bytes, &LIMITS).unwrap(), factor);
             let got = scaled(&bytes).unwrap();
             let mean = mean_abs_diff(got.as_raw(), want.as_raw());
             assert!(mean < 2.0, "{name}: mean abs difference {mean:.3}");
@@ -203,8 +211,8 @@ mod tests {
         let mut scaled_images = 0;
         for (name, entry) in golden_images("JPEG") {
             let bytes = read_fixture(entry["file"].as_str().unwrap());
-            let full = decode_rgb8(&bytes, &LIMITS).unwrap();
-            let with = decode_rgb8_with(&bytes, &LIMITS, true).unwrap();
+            let full = decode_plain(&bytes, &LIMITS).unwrap();
+            let with = decode_dct_scaled(&bytes, &LIMITS).unwrap();
             scaled_images += usize::from(with.dimensions() != full.dimensions());
             for ((_, filter), bound) in FILTERS.into_iter().zip([8.0, 2.5]) {
                 let mean = mean_abs_diff(&resized(&full, filter), &resized(&with, filter));
@@ -221,21 +229,19 @@ mod tests {
     fn off_by_default_and_off_is_todays_output() {
         assert!(!PreprocessOptions::default().jpeg_dct_scaling);
         let bytes = read_fixture("images/cat_1080p.jpg");
-        let full = decode_rgb8(&bytes, &LIMITS).unwrap();
+        let full = decode_plain(&bytes, &LIMITS).unwrap();
         for filter in [ResizeFilter::Nearest, ResizeFilter::Bilinear] {
             let mut want = vec![0.0; SIDE * SIDE * 3];
             scale_into(&resized(&full, filter), &mut want);
             let mut got = vec![f32::NAN; want.len()];
-            preprocess(&bytes, &LIMITS, filter, &mut got).unwrap();
-            assert!(got == want, "preprocess {filter}");
             let mut options = PreprocessOptions {
                 filter,
                 ..PreprocessOptions::default()
             };
-            preprocess_with(&bytes, &LIMITS, &options, &mut got).unwrap();
-            assert!(got == want, "preprocess_with, default options, {filter}");
+            preprocess(&bytes, &LIMITS, &options, &mut got).unwrap();
+            assert!(got == want, "default options, {filter}");
             options.jpeg_dct_scaling = true;
-            preprocess_with(&bytes, &LIMITS, &options, &mut got).unwrap();
+            preprocess(&bytes, &LIMITS, &options, &mut got).unwrap();
             assert!(got != want, "scaling on changes the pixels, {filter}");
         }
     }
@@ -248,8 +254,8 @@ mod tests {
             read_fixture("images/squat.bmp"),
             read_fixture("images/imprinting/hotdog_train_0.bmp"),
         ] {
-            let with = decode_rgb8_with(&bytes, &LIMITS, true).unwrap();
-            assert!(with == decode_rgb8(&bytes, &LIMITS).unwrap());
+            let with = decode_dct_scaled(&bytes, &LIMITS).unwrap();
+            assert!(with == decode_plain(&bytes, &LIMITS).unwrap());
         }
     }
 
@@ -270,7 +276,7 @@ mod tests {
         let got = scaled(&jpeg).unwrap();
         assert_eq!(got.dimensions(), (300, 250));
         assert!(got.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
-        let want = box_average(&decode_rgb8(&jpeg, &LIMITS).unwrap(), 2);
+        let want = box_average(&decode_plain(&jpeg, &LIMITS).unwrap(), 2);
         let mean = mean_abs_diff(got.as_raw(), want.as_raw());
         assert!(mean < 0.5, "mean abs difference {mean:.3}");
     }
@@ -295,11 +301,11 @@ mod tests {
         let mid = noise.len() / 2;
         noise[mid..mid + 64].fill(0xff);
         damaged.push(noise);
-        let noise_decoded = decode_rgb8_with(damaged.last().unwrap(), &LIMITS, true);
+        let noise_decoded = decode_dct_scaled(damaged.last().unwrap(), &LIMITS);
         assert_eq!(noise_decoded.unwrap().dimensions(), (600, 500));
         for (i, bytes) in damaged.iter().enumerate() {
-            let off = decode_rgb8(bytes, &LIMITS);
-            let on = decode_rgb8_with(bytes, &LIMITS, true);
+            let off = decode_plain(bytes, &LIMITS);
+            let on = decode_dct_scaled(bytes, &LIMITS);
             match (&off, &on) {
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "case {i}"),
                 (Ok(_), Ok(_)) => {}
@@ -307,7 +313,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            decode_rgb8_with(&damaged[2], &LIMITS, true),
+            decode_dct_scaled(&damaged[2], &LIMITS),
             Err(PreprocessError::TooManyPixels {
                 width: 60_000,
                 height: 60_000,
@@ -325,10 +331,10 @@ mod tests {
             max_pixels: LIMITS.max_pixels,
             max_alloc_bytes,
         };
-        let fits = decode_rgb8_with(&bytes, &limits(400_000), true).unwrap();
+        let fits = decode_dct_scaled(&bytes, &limits(400_000)).unwrap();
         assert_eq!(fits.dimensions(), (480, 270));
-        assert!(decode_rgb8(&bytes, &limits(400_000)).is_err());
-        let result = decode_rgb8_with(&bytes, &limits(300_000), true);
+        assert!(decode_plain(&bytes, &limits(400_000)).is_err());
+        let result = decode_dct_scaled(&bytes, &limits(300_000));
         assert!(
             matches!(&result, Err(PreprocessError::Corrupt(m)) if m.contains("300000 bytes")),
             "{result:?}"

@@ -1,0 +1,123 @@
+//! Turns untrusted image bytes into the MobileNet input tensor.
+//!
+//! The reference pipeline (`fixtures/shared/golden.json`) is Pillow 13:
+//! `Image.open(f).convert('RGB').resize((224, 224), NEAREST | BILINEAR)`, then
+//! `x / 127.5 - 1`. Both resize filters are reimplemented here bit for bit, so
+//! for losslessly stored images (BMP, PNG, ...) the tensor fed to the model is
+//! the very one the golden probabilities were computed from. JPEGs differ
+//! slightly because image's decoder (zune-jpeg) is not libjpeg-turbo.
+//!
+//! [`decode_rgb8`] makes 8-bit RGB of the bytes (`decode`, or `jpeg_scale` for large JPEGs with
+//! `--jpeg-dct-scaling`), `resize` brings it to `SIDE x SIDE`, and [`scale_into`] to floats.
+mod decode;
+pub mod jpeg_scale;
+mod resize;
+#[cfg(test)]
+mod test_support;
+
+use image::{ImageFormat, RgbImage};
+
+pub use decode::{DecodeLimits, PreprocessError};
+pub use resize::{resize_into, ParseResizeFilterError, ResizeFilter, SIDE};
+
+use resize::OUT_LEN;
+
+/// How [`preprocess`] turns image bytes into the model input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreprocessOptions {
+    pub filter: ResizeFilter,
+    /// Decode JPEGs larger than `2 * SIDE` in both axes at reduced size in the
+    /// IDCT before the resize: less work on large photos, but the pixels are no
+    /// longer Pillow's. Off by default.
+    pub jpeg_dct_scaling: bool,
+}
+
+/// Decodes `bytes` to 8-bit RGB.
+///
+/// The format is sniffed from the content only, never from a URL or a
+/// Content-Type. Only the first frame of an animated image is used. Colour
+/// conversion follows Pillow's `.convert('RGB')`: grey is replicated, alpha is
+/// dropped (not blended against a background), palettes are expanded. 16-bit
+/// samples keep their high byte, as Pillow does for 16-bit RGB(A) PNGs (for
+/// 16-bit grey Pillow clips to 255 instead, a quirk not worth copying). EXIF
+/// orientation is ignored, as in the reference pipeline.
+///
+/// With `options.jpeg_dct_scaling`, a JPEG larger than `2 * SIDE` in both axes
+/// comes back decoded at 1/2, 1/4 or 1/8 scale (never below `SIDE` on either
+/// side; see [`jpeg_scale`]), with the same checks and errors. `options.filter`
+/// plays no part here.
+pub fn decode_rgb8(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    options: &PreprocessOptions,
+) -> Result<RgbImage, PreprocessError> {
+    let format = decode::sniff(bytes)?;
+    if format == ImageFormat::Jpeg && options.jpeg_dct_scaling {
+        if let Some(scaled) = jpeg_scale::decode_scaled(bytes, limits)? {
+            return Ok(scaled);
+        }
+    }
+    decode::decode_full(bytes, format, limits)
+}
+
+/// `x / 127.5 - 1` in f32, as the reference computes it with numpy float32.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn scale_into(rgb: &[u8], out: &mut [f32]) {
+    assert_eq!(rgb.len(), out.len(), "scale_into needs equally long slices");
+    for (o, &v) in out.iter_mut().zip(rgb) {
+        *o = f32::from(v) / 127.5 - 1.0;
+    }
+}
+
+/// Decodes, resizes and scales in one call; `out` receives `SIDE * SIDE * 3`
+/// floats in HWC RGB order.
+///
+/// # Panics
+/// If `out.len() != SIDE * SIDE * 3`.
+pub fn preprocess(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    options: &PreprocessOptions,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
+    assert_eq!(out.len(), OUT_LEN, "preprocess needs a SIDE*SIDE*3 buffer");
+    let img = decode_rgb8(bytes, limits, options)?;
+    let mut resized = vec![0; OUT_LEN];
+    resize_into(&img, options.filter, &mut resized);
+    scale_into(&resized, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::{golden_images, read_fixture, LIMITS};
+
+    #[test]
+    fn preprocess_feeds_the_golden_tensor() {
+        let (name, entry) = golden_images("BMP").remove(0);
+        let want_rgb = read_fixture(entry["pil_bilinear"]["input_file"].as_str().unwrap());
+        let mut want = vec![0.0; OUT_LEN];
+        scale_into(&want_rgb, &mut want);
+        let mut got = vec![f32::NAN; OUT_LEN];
+        let bytes = read_fixture(entry["file"].as_str().unwrap());
+        let options = PreprocessOptions {
+            filter: ResizeFilter::Bilinear,
+            ..PreprocessOptions::default()
+        };
+        preprocess(&bytes, &LIMITS, &options, &mut got).unwrap();
+        assert!(got == want, "{name}");
+    }
+
+    #[test]
+    fn scale_maps_bytes_to_minus_one_one() {
+        let mut out = [0.0; 4];
+        scale_into(&[0, 127, 128, 255], &mut out);
+        assert_eq!(out[0], -1.0);
+        assert_eq!(out[3], 1.0);
+        assert!(out[1] < 0.0 && out[1] > -0.004, "{}", out[1]);
+        assert!(out[2] > 0.0 && out[2] < 0.004, "{}", out[2]);
+    }
+}
