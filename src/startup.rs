@@ -66,7 +66,7 @@ impl Application {
             cache: storage.cache().clone(),
             stats: storage.stats().clone(),
             history: match &reporter {
-                Some(reporter) => History::elasticsearch(clock, reporter.clone()),
+                Some(reporter) => History::with_source(clock, Arc::new(reporter.clone())),
                 None => History::in_memory(clock),
             },
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1))),

@@ -21,7 +21,8 @@
 //! - At first delivery the index template is installed (warning and carry on if refused).
 //! - [`Reporter::shutdown`] drains within a deadline; the rest stays in the outbox and goes out
 //!   after the next start.
-//! - [`Reporter::history`] is the read side for a dashboard (per-minute `date_histogram`).
+//! - The reporter is also the Elasticsearch source of `/report/history` (`history.rs`: a
+//!   per-minute `date_histogram` over the report documents).
 //!
 //! Tables (in the service's `classifier.redb`, next to the storage layer's):
 //!
@@ -58,7 +59,6 @@ mod tests;
 
 pub use config::{ElasticAuth, ElasticConfig};
 pub use document::ReportDocument;
-pub use history::{HistoryPoint, MAX_HISTORY_MINUTES};
 pub use outbox::DeadLetter;
 
 /// Sequence → (document id, JSON source). Keys grow with every enqueue, so iteration order is
@@ -292,22 +292,6 @@ impl Reporter {
     /// Current counters (lock-free reads).
     pub fn stats(&self) -> ReporterStats {
         self.shared.counters.snapshot()
-    }
-
-    /// Per-minute history of the last `minutes` (at most [`MAX_HISTORY_MINUTES`]) from
-    /// Elasticsearch: `max(total_requests)` and `avg(overall_avg_processing_time)` per minute
-    /// that has reports, oldest first. Empty when the index does not exist yet. Uses the same
-    /// client and credentials as delivery, with a timeout of at most 10 s; a dashboard handler
-    /// should map errors to 503.
-    pub async fn history(&self, minutes: u32) -> Result<Vec<HistoryPoint>, ElasticError> {
-        history::fetch(
-            &self.shared.client,
-            &self.shared.index,
-            self.shared.clock.now(),
-            minutes,
-            self.shared.request_timeout,
-        )
-        .await
     }
 
     /// The oldest `limit` documents Elasticsearch refused for good.
