@@ -59,7 +59,6 @@ mod tests;
 
 pub use config::{ElasticAuth, ElasticConfig};
 pub use document::ReportDocument;
-pub use outbox::DeadLetter;
 
 /// Sequence → (document id, JSON source). Keys grow with every enqueue, so iteration order is
 /// enqueue order: the sender sends the oldest first and the bound drops the oldest first.
@@ -245,32 +244,23 @@ impl Reporter {
     /// [`Reporter::shutdown`]: the document then waits for the next start.
     pub async fn enqueue(&self, doc: &ReportDocument) -> Result<String, ElasticError> {
         let source = serde_json::to_string(doc).map_err(|e| ElasticError::Encode(e.to_string()))?;
-        self.push(source, None).await
-    }
-
-    /// Enqueues any JSON object, optionally with a fixed id: how the tests produce documents the
-    /// cluster refuses, and retries of an already delivered id.
-    #[cfg(test)]
-    pub(crate) async fn enqueue_raw(
-        &self,
-        id: Option<&str>,
-        source: &serde_json::Value,
-    ) -> Result<String, ElasticError> {
-        self.push(source.to_string(), id.map(str::to_owned)).await
-    }
-
-    async fn push(&self, source: String, id: Option<String>) -> Result<String, ElasticError> {
         let at = self.shared.clock.now();
         let instance = self.shared.instance_id.clone();
+        self.push(source, move |seq| document::document_id(&instance, at, seq))
+            .await
+    }
+
+    /// Commits `source` to the outbox under the id `id` makes of its sequence number.
+    async fn push(
+        &self,
+        source: String,
+        id: impl FnOnce(u64) -> String + Send + 'static,
+    ) -> Result<String, ElasticError> {
         let max = self.shared.outbox_max;
         let pushed = self
             .shared
             .store
-            .run(move |db| {
-                outbox::push(db, &source, max, |seq| {
-                    id.unwrap_or_else(|| document::document_id(&instance, at, seq))
-                })
-            })
+            .run(move |db| outbox::push(db, &source, max, id))
             .await?;
         let counters = &self.shared.counters;
         counters.outbox_depth.fetch_add(1, Ordering::Relaxed);
@@ -292,15 +282,6 @@ impl Reporter {
     /// Current counters (lock-free reads).
     pub fn stats(&self) -> ReporterStats {
         self.shared.counters.snapshot()
-    }
-
-    /// The oldest `limit` documents Elasticsearch refused for good.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ElasticError> {
-        Ok(self
-            .shared
-            .store
-            .run(move |db| outbox::dead_letters(db, limit))
-            .await?)
     }
 
     /// Stops the sender after draining the outbox, or at `deadline` (typically

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::test_support::{
-    all_docs, call, es, free_port, local_url, test_config, wait_until, Osmem,
+    all_docs, call, dead_letters, enqueue_raw, es, free_port, local_url, test_config, wait_until,
+    Osmem,
 };
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
@@ -379,20 +380,20 @@ async fn refused_documents_are_dead_lettered_and_the_rest_flows() {
     enqueue_n(&reporter, 1).await;
     wait_until("first document sent", WAIT, || reporter.stats().sent == 1).await;
 
-    let bad_date = reporter
-        .enqueue_raw(
-            None,
-            &json!({"@timestamp": "not a date", "total_requests": 1}),
-        )
-        .await
-        .unwrap();
-    let bad_number = reporter
-        .enqueue_raw(
-            None,
-            &json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": "abc"}),
-        )
-        .await
-        .unwrap();
+    let bad_date = enqueue_raw(
+        &reporter,
+        None,
+        &json!({"@timestamp": "not a date", "total_requests": 1}),
+    )
+    .await
+    .unwrap();
+    let bad_number = enqueue_raw(
+        &reporter,
+        None,
+        &json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": "abc"}),
+    )
+    .await
+    .unwrap();
     let good = enqueue_n(&reporter, 1).await;
     wait_until("bad ones dead-lettered, good one sent", WAIT, || {
         let s = reporter.stats();
@@ -400,7 +401,12 @@ async fn refused_documents_are_dead_lettered_and_the_rest_flows() {
     })
     .await;
 
-    let dead = reporter.dead_letters(10).await.unwrap();
+    let dead = reporter
+        .shared
+        .store
+        .run(|db| dead_letters(db, 10))
+        .await
+        .unwrap();
     assert_eq!(
         dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         [bad_date.as_str(), bad_number.as_str()]
@@ -475,16 +481,16 @@ async fn same_id_twice_is_still_one_document() {
     .unwrap();
     let doc = json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": 1});
     // Delivered, then sent again as a retry after a lost answer would be.
-    reporter.enqueue_raw(Some("dup-1"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-1"), &doc).await.unwrap();
     wait_until("first copy sent", WAIT, || reporter.stats().sent == 1).await;
-    reporter.enqueue_raw(Some("dup-1"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-1"), &doc).await.unwrap();
     wait_until("second copy acknowledged", WAIT, || {
         reporter.stats().sent == 2
     })
     .await;
     // Twice in the same bulk request.
-    reporter.enqueue_raw(Some("dup-2"), &doc).await.unwrap();
-    reporter.enqueue_raw(Some("dup-2"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-2"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-2"), &doc).await.unwrap();
     wait_until("both copies acknowledged", WAIT, || {
         reporter.stats().sent == 4
     })
