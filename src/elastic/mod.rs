@@ -284,10 +284,10 @@ impl Reporter {
         self.shared.counters.snapshot()
     }
 
-    /// Stops the sender after draining the outbox, or at `deadline` (typically
-    /// `Instant::now() + config.drain_timeout`), whichever comes first. An in-flight request is
-    /// abandoned at the deadline; its documents stay in the outbox, and a resend after the next
-    /// start is recognised by its id. Returns the final counters. Idempotent.
+    /// Stops the sender after draining the outbox, or at `deadline` (the service passes now +
+    /// `startup::ES_DRAIN`), whichever comes first. An in-flight request is abandoned at the
+    /// deadline; its documents stay in the outbox, and a resend after the next start is
+    /// recognised by its id. Returns the final counters. Idempotent.
     pub async fn shutdown(&self, deadline: Instant) -> ReporterStats {
         self.control.shutdown.send_replace(Some(deadline));
         let task = self

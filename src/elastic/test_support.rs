@@ -139,7 +139,6 @@ pub(crate) fn test_config(url: Url) -> ElasticConfig {
         batch_size: 50,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
-        drain_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         ..ElasticConfig::new(url, "test-instance")
     }
