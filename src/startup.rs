@@ -68,7 +68,7 @@ impl Application {
             None => None,
         };
         let history = match &reporter {
-            Some(reporter) => History::elasticsearch(clock, reporter.clone()),
+            Some(reporter) => History::with_source(clock, Arc::new(reporter.clone())),
             None => History::in_memory(clock),
         };
         let fetch_timeout: Duration = settings.fetch_timeout.into();
@@ -225,10 +225,10 @@ fn elastic_config(settings: &Settings) -> anyhow::Result<Option<ElasticConfig>> 
         &settings.elasticsearch_username,
         &settings.elasticsearch_password,
     ) {
-        (Some(key), _, _) => ElasticAuth::ApiKey(key.expose().to_owned()),
+        (Some(key), _, _) => ElasticAuth::ApiKey(key.clone()),
         (None, Some(username), Some(password)) => ElasticAuth::Basic {
             username: username.clone(),
-            password: password.expose().to_owned(),
+            password: password.clone(),
         },
         (None, Some(_), None) | (None, None, Some(_)) => {
             anyhow::bail!("Elasticsearch basic auth needs both a username and a password")

@@ -30,10 +30,13 @@ pub(crate) fn build(
         .disable_proxy();
     builder = match auth {
         ElasticAuth::None => builder,
-        ElasticAuth::Basic { username, password } => {
-            builder.auth(Credentials::Basic(username.clone(), password.clone()))
+        ElasticAuth::Basic { username, password } => builder.auth(Credentials::Basic(
+            username.clone(),
+            password.expose().to_owned(),
+        )),
+        ElasticAuth::ApiKey(key) => {
+            builder.auth(Credentials::EncodedApiKey(key.expose().to_owned()))
         }
-        ElasticAuth::ApiKey(key) => builder.auth(Credentials::EncodedApiKey(key.clone())),
     };
     let transport = builder
         .build()

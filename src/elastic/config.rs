@@ -1,14 +1,16 @@
-//! Configuration of the Elasticsearch reporter. `Debug` is written by hand so that logging the
-//! effective configuration at start (as the service does) never prints a password or API key.
+//! Configuration of the Elasticsearch reporter. Passwords and API keys are [`Secret`]s, and the
+//! configuration's `Debug` is written by hand to hide a password in the URL, so that logging it
+//! never prints a credential.
 use std::fmt;
 use std::time::Duration;
 
 use url::Url;
 
 use super::ElasticError;
+use crate::config::Secret;
 
 /// How the reporter authenticates to Elasticsearch.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum ElasticAuth {
     /// No `Authorization` header (local clusters with security disabled). Credentials written in
     /// the URL (`https://user:pass@host:9200`) are used as `Basic` in this case.
@@ -16,33 +18,10 @@ pub enum ElasticAuth {
     None,
     /// HTTP basic authentication: native users, and AWS OpenSearch/Elasticsearch domains with
     /// fine-grained access control (the client has no SigV4 signing).
-    Basic { username: String, password: String },
+    Basic { username: String, password: Secret },
     /// An API key in the encoded form Kibana and `POST /_security/api_key` show
     /// (`base64("id:api_key")`), sent as `Authorization: ApiKey <value>`.
-    ApiKey(String),
-}
-
-impl fmt::Debug for ElasticAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ElasticAuth::None => f.write_str("None"),
-            ElasticAuth::Basic { username, .. } => f
-                .debug_struct("Basic")
-                .field("username", username)
-                .field("password", &REDACTED)
-                .finish(),
-            ElasticAuth::ApiKey(_) => f.debug_tuple("ApiKey").field(&REDACTED).finish(),
-        }
-    }
-}
-
-/// Printed in place of secrets. A `Debug` value (not a `&str`) so it shows without quotes.
-const REDACTED: Redacted = Redacted;
-struct Redacted;
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+    ApiKey(Secret),
 }
 
 /// Settings of the reporter. Build it with [`ElasticConfig::new`] and override fields as needed.
@@ -67,8 +46,6 @@ pub struct ElasticConfig {
     pub initial_backoff: Duration,
     /// ... up to this cap.
     pub max_backoff: Duration,
-    /// Suggested drain budget for [`super::Reporter::shutdown`] (the caller passes the deadline).
-    pub drain_timeout: Duration,
     /// Timeout of one HTTP request to Elasticsearch (connect to last byte), so that a silently
     /// dropped connection cannot stall delivery or shutdown.
     pub request_timeout: Duration,
@@ -88,7 +65,6 @@ impl ElasticConfig {
             batch_size: 500,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -143,7 +119,11 @@ impl ElasticConfig {
         } else {
             ElasticAuth::Basic {
                 username: percent_decode(url.username()),
-                password: url.password().map(percent_decode).unwrap_or_default(),
+                password: url
+                    .password()
+                    .map(percent_decode)
+                    .unwrap_or_default()
+                    .into(),
             }
         };
         // Cannot fail for http(s) URLs with a host, which validate() ensures.
@@ -172,7 +152,6 @@ impl fmt::Debug for ElasticConfig {
             .field("batch_size", &self.batch_size)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
-            .field("drain_timeout", &self.drain_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish()
     }
@@ -235,41 +214,44 @@ mod tests {
 
         c.auth = ElasticAuth::Basic {
             username: "bob".into(),
-            password: "hunter2".into(),
+            password: "hunter2".parse().unwrap(),
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("password: <redacted>"), "{shown}");
+        assert!(shown.contains("password: [redacted]"), "{shown}");
 
         c.auth = ElasticAuth::ApiKey(
-            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==".into(),
+            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+                .parse()
+                .unwrap(),
         );
         let shown = format!("{c:?}");
         assert!(!shown.contains("VnVh"), "{shown}");
-        assert!(shown.contains("ApiKey(<redacted>)"), "{shown}");
+        assert!(shown.contains("ApiKey([redacted])"), "{shown}");
     }
 
     #[test]
     fn credentials_move_from_url_to_basic_auth() {
         let (url, auth) = config("https://alice:s3cr%40t@es.example:9200/").effective();
         assert_eq!(url.as_str(), "https://es.example:9200/");
-        assert_eq!(
-            auth,
-            ElasticAuth::Basic {
-                username: "alice".into(),
-                password: "s3cr@t".into()
-            }
+        assert!(
+            matches!(&auth, ElasticAuth::Basic { username, password }
+                if username == "alice" && password.expose() == "s3cr@t"),
+            "{auth:?}"
         );
 
         // Explicit auth wins; the URL is still cleaned.
         let mut c = config("https://alice:pw@es.example:9200/");
-        c.auth = ElasticAuth::ApiKey("k".into());
+        c.auth = ElasticAuth::ApiKey("k".parse().unwrap());
         let (url, auth) = c.effective();
         assert_eq!(url.as_str(), "https://es.example:9200/");
-        assert_eq!(auth, ElasticAuth::ApiKey("k".into()));
+        assert!(
+            matches!(&auth, ElasticAuth::ApiKey(k) if k.expose() == "k"),
+            "{auth:?}"
+        );
 
         let (_, auth) = config("http://es:9200").effective();
-        assert_eq!(auth, ElasticAuth::None);
+        assert!(matches!(auth, ElasticAuth::None), "{auth:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The document indexed for every `GET /report`: the report itself plus flat numbers that a chart
 //! can aggregate without reaching into the `entries` array.
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -57,44 +57,29 @@ pub(crate) fn document_id(instance_id: &str, at: SystemTime, seq: u64) -> String
     format!("{instance_id}-{:013}-{seq}", unix_millis(at))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`. Hand-rolled (civil-from-days) to avoid a date crate for one
-/// format; times before 1970 are clamped to the epoch, as `unix_millis` does.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the `@timestamp` format the index template maps as a date.
 pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
-    let ms = unix_millis(t);
-    let (y, mo, d, h, mi, s) = civil(ms / 1000);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        ms % 1000
-    )
+    humantime::format_rfc3339_millis(writable(unix_millis(t))).to_string()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a whole number of milliseconds since the epoch (histogram keys).
 pub(crate) fn rfc3339_seconds(unix_ms: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix_ms / 1000);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    humantime::format_rfc3339_seconds(writable(unix_ms)).to_string()
 }
 
-/// Seconds since the epoch to (year, month, day, hour, minute, second), proleptic Gregorian,
-/// after Howard Hinnant's `civil_from_days`.
-fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+/// 9999-12-31T23:59:59.999Z: humantime cannot write a later time (it panics).
+const LAST_WRITABLE_MS: u64 = 253_402_300_799_999;
+
+/// The instant `unix_ms` after the epoch, clamped to what RFC 3339 can write, so that a wrong
+/// clock or an odd histogram key from the cluster cannot panic a request. (Times before 1970
+/// are already clamped to the epoch by `unix_millis`.)
+fn writable(unix_ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms.min(LAST_WRITABLE_MS))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
@@ -114,6 +99,18 @@ mod tests {
         );
         assert_eq!(rfc3339_seconds(1_795_719_600_000), "2026-11-26T19:00:00Z");
         assert_eq!(rfc3339_seconds(4_102_444_800_000), "2100-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(1_795_719_600_999), "2026-11-26T19:00:00Z");
+    }
+
+    #[test]
+    fn times_rfc3339_cannot_write_are_clamped() {
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339_millis(before), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_seconds(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339_millis(at(300_000_000_000_000)),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

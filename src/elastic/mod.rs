@@ -21,7 +21,8 @@
 //! - At first delivery the index template is installed (warning and carry on if refused).
 //! - [`Reporter::shutdown`] drains within a deadline; the rest stays in the outbox and goes out
 //!   after the next start.
-//! - [`Reporter::history`] is the read side for a dashboard (per-minute `date_histogram`).
+//! - The reporter is also the Elasticsearch source of `/report/history` (`history.rs`: a
+//!   per-minute `date_histogram` over the report documents).
 //!
 //! Tables (in the service's `classifier.redb`, next to the storage layer's):
 //!
@@ -57,8 +58,6 @@ mod tests;
 
 pub use config::{ElasticAuth, ElasticConfig};
 pub use document::ReportDocument;
-pub use history::{HistoryPoint, MAX_HISTORY_MINUTES};
-pub use outbox::DeadLetter;
 
 /// Why an Elasticsearch operation failed. Messages never contain credentials: they are stripped
 /// from the URL before the client is built.
@@ -67,7 +66,7 @@ pub enum ElasticError {
     #[error("elasticsearch configuration: {0}")]
     Config(String),
     #[error("elasticsearch outbox: {0}")]
-    Store(#[from] DbError),
+    Db(#[from] DbError),
     #[error("cannot reach elasticsearch: {0}")]
     Unreachable(String),
     #[error("elasticsearch answered {status}: {detail}")]
@@ -231,32 +230,23 @@ impl Reporter {
     /// [`Reporter::shutdown`]: the document then waits for the next start.
     pub async fn enqueue(&self, doc: &ReportDocument) -> Result<String, ElasticError> {
         let source = serde_json::to_string(doc).map_err(|e| ElasticError::Encode(e.to_string()))?;
-        self.push(source, None).await
-    }
-
-    /// Enqueues any JSON object, optionally with a fixed id: how the tests produce documents the
-    /// cluster refuses, and retries of an already delivered id.
-    #[cfg(test)]
-    pub(crate) async fn enqueue_raw(
-        &self,
-        id: Option<&str>,
-        source: &serde_json::Value,
-    ) -> Result<String, ElasticError> {
-        self.push(source.to_string(), id.map(str::to_owned)).await
-    }
-
-    async fn push(&self, source: String, id: Option<String>) -> Result<String, ElasticError> {
         let at = self.shared.clock.now();
         let instance = self.shared.instance_id.clone();
+        self.push(source, move |seq| document::document_id(&instance, at, seq))
+            .await
+    }
+
+    /// Commits `source` to the outbox under the id `id` makes of its sequence number.
+    async fn push(
+        &self,
+        source: String,
+        id: impl FnOnce(u64) -> String + Send + 'static,
+    ) -> Result<String, ElasticError> {
         let max = self.shared.outbox_max;
         let pushed = self
             .shared
             .store
-            .run(move |db| {
-                outbox::push(db, &source, max, |seq| {
-                    id.unwrap_or_else(|| document::document_id(&instance, at, seq))
-                })
-            })
+            .run(move |db| outbox::push(db, &source, max, id))
             .await?;
         let counters = &self.shared.counters;
         counters.outbox_depth.fetch_add(1, Ordering::Relaxed);
@@ -280,35 +270,10 @@ impl Reporter {
         self.shared.counters.snapshot()
     }
 
-    /// Per-minute history of the last `minutes` (at most [`MAX_HISTORY_MINUTES`]) from
-    /// Elasticsearch: `max(total_requests)` and `avg(overall_avg_processing_time)` per minute
-    /// that has reports, oldest first. Empty when the index does not exist yet. Uses the same
-    /// client and credentials as delivery, with a timeout of at most 10 s; a dashboard handler
-    /// should map errors to 503.
-    pub async fn history(&self, minutes: u32) -> Result<Vec<HistoryPoint>, ElasticError> {
-        history::fetch(
-            &self.shared.client,
-            &self.shared.index,
-            self.shared.clock.now(),
-            minutes,
-            self.shared.request_timeout,
-        )
-        .await
-    }
-
-    /// The oldest `limit` documents Elasticsearch refused for good.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ElasticError> {
-        Ok(self
-            .shared
-            .store
-            .run(move |db| outbox::dead_letters(db, limit))
-            .await?)
-    }
-
-    /// Stops the sender after draining the outbox, or at `deadline` (typically
-    /// `Instant::now() + config.drain_timeout`), whichever comes first. An in-flight request is
-    /// abandoned at the deadline; its documents stay in the outbox, and a resend after the next
-    /// start is recognised by its id. Returns the final counters. Idempotent.
+    /// Stops the sender after draining the outbox, or at `deadline` (the service passes now +
+    /// `startup::ES_DRAIN`), whichever comes first. An in-flight request is abandoned at the
+    /// deadline; its documents stay in the outbox, and a resend after the next start is
+    /// recognised by its id. Returns the final counters. Idempotent.
     pub async fn shutdown(&self, deadline: Instant) -> ReporterStats {
         self.control.shutdown.send_replace(Some(deadline));
         let task = self

@@ -1,9 +1,7 @@
 //! The persistent outbox and dead-letter tables. Every function here is blocking redb work: call
 //! it through [`crate::localdb::LocalDb::run`], never on an async worker thread.
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
-use serde::Serialize;
 
-use super::document::rfc3339_millis;
 use crate::localdb::schema::{DEAD_LETTERS, ES_META, NEXT_SEQ, OUTBOX};
 use crate::localdb::DbError;
 
@@ -13,19 +11,6 @@ pub(crate) struct Pending {
     pub seq: u64,
     pub id: String,
     pub source: String,
-}
-
-/// A document Elasticsearch refused for good, kept for inspection (and a manual re-send after
-/// fixing the mapping) instead of being retried forever.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeadLetter {
-    pub id: String,
-    /// The document as it was sent (JSON).
-    pub source: String,
-    /// Elasticsearch's error type and reason, e.g. `mapper_parsing_exception: failed to parse ...`.
-    pub reason: String,
-    /// When it was refused (RFC 3339).
-    pub rejected_at: String,
 }
 
 /// Result of [`push`].
@@ -146,26 +131,6 @@ pub(crate) fn settle(
     Ok(settled)
 }
 
-/// The oldest `limit` dead letters.
-pub(crate) fn dead_letters(db: &Database, limit: usize) -> Result<Vec<DeadLetter>, DbError> {
-    let txn = db.begin_read()?;
-    let dead = txn.open_table(DEAD_LETTERS)?;
-    let mut out = Vec::new();
-    for row in dead.iter()?.take(limit) {
-        let (_, v) = row?;
-        let (id, source, reason, at_ms) = v.value();
-        out.push(DeadLetter {
-            id: id.to_owned(),
-            source: source.to_owned(),
-            reason: reason.to_owned(),
-            rejected_at: rfc3339_millis(
-                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
-            ),
-        });
-    }
-    Ok(out)
-}
-
 /// Pops the lowest keys (the oldest rows) until at most `max` remain; returns how many went.
 fn trim<V: redb::Value + 'static>(
     table: &mut Table<'_, u64, V>,
@@ -185,6 +150,7 @@ fn trim<V: redb::Value + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elastic::test_support::dead_letters;
     use crate::localdb::LocalDb;
 
     fn open() -> (tempfile::TempDir, LocalDb) {

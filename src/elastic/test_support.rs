@@ -1,5 +1,6 @@
 //! Test helpers: a real `osmem-server` process (an in-memory OpenSearch/Elasticsearch-compatible
-//! server from PyPI, installed by `scripts/install-osmem.sh`) and small request helpers.
+//! server from PyPI, installed by `scripts/install-osmem.sh`), small request helpers, and direct
+//! access to the outbox tables (documents the service itself would never enqueue, dead letters).
 //!
 //! The binary is found at `$OSMEM_SERVER`, else `$OSMEM_SERVER_BIN` (the variable the osmem
 //! Python package itself honours), else `<crate>/.deps/osmem/bin/osmem-server` (where the install
@@ -14,11 +15,15 @@ use std::time::Duration;
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::Method;
 use elasticsearch::Elasticsearch;
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::Value;
 use url::Url;
 
 use super::client;
-use super::{ElasticAuth, ElasticConfig};
+use super::document::{document_id, rfc3339_millis};
+use super::{ElasticAuth, ElasticConfig, ElasticError, Reporter};
+use crate::localdb::schema::DEAD_LETTERS;
+use crate::localdb::DbError;
 
 pub(crate) fn osmem_binary() -> PathBuf {
     for var in ["OSMEM_SERVER", "OSMEM_SERVER_BIN"] {
@@ -135,7 +140,6 @@ pub(crate) fn test_config(url: Url) -> ElasticConfig {
         batch_size: 50,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
-        drain_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         ..ElasticConfig::new(url, "test-instance")
     }
@@ -200,4 +204,53 @@ pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnM
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Enqueues any JSON object, optionally with a fixed id: how the tests produce documents the
+/// cluster refuses, and retries of an already delivered id.
+pub(crate) async fn enqueue_raw(
+    reporter: &Reporter,
+    id: Option<&str>,
+    source: &Value,
+) -> Result<String, ElasticError> {
+    let id = id.map(str::to_owned);
+    let at = reporter.shared.clock.now();
+    let instance = reporter.shared.instance_id.clone();
+    reporter
+        .push(source.to_string(), move |seq| {
+            id.unwrap_or_else(|| document_id(&instance, at, seq))
+        })
+        .await
+}
+
+/// A row of the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeadLetter {
+    pub id: String,
+    /// The document as it was sent (JSON).
+    pub source: String,
+    /// Elasticsearch's error type and reason, e.g. `mapper_parsing_exception: failed to parse ...`.
+    pub reason: String,
+    /// When it was refused (RFC 3339).
+    pub rejected_at: String,
+}
+
+/// The oldest `limit` dead letters (blocking redb work: run it through `LocalDb::run`).
+pub(crate) fn dead_letters(db: &Database, limit: usize) -> Result<Vec<DeadLetter>, DbError> {
+    let txn = db.begin_read()?;
+    let dead = txn.open_table(DEAD_LETTERS)?;
+    let mut out = Vec::new();
+    for row in dead.iter()?.take(limit) {
+        let (_, v) = row?;
+        let (id, source, reason, at_ms) = v.value();
+        out.push(DeadLetter {
+            id: id.to_owned(),
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+            rejected_at: rfc3339_millis(
+                std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+            ),
+        });
+    }
+    Ok(out)
 }

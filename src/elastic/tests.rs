@@ -8,10 +8,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::test_support::{
-    all_docs, call, es, free_port, local_url, test_config, wait_until, Osmem,
+    all_docs, call, dead_letters, enqueue_raw, es, free_port, local_url, test_config, wait_until,
+    Osmem,
 };
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
+use crate::history::HistorySource;
 
 const INDEX: &str = ElasticConfig::DEFAULT_INDEX;
 const WAIT: Duration = Duration::from_secs(15);
@@ -173,7 +175,7 @@ async fn history_is_the_dashboard_aggregation() {
     .await
     .unwrap();
     // No index yet: an empty history, not an error.
-    assert_eq!(reporter.history(10).await.unwrap(), Vec::new());
+    assert_eq!(reporter.buckets(10).await.unwrap(), Vec::new());
 
     // (seconds after t0, total_requests, overall_avg_processing_time)
     let reports = [(10, 3, 0.2), (40, 5, 0.4), (65, 8, 0.3), (180, 9, 0.5)];
@@ -187,16 +189,16 @@ async fn history_is_the_dashboard_aggregation() {
     wait_until("4 documents sent", WAIT, || reporter.stats().sent == 4).await;
     clock.advance(Duration::from_secs(30)); // now = 19:03:30
 
-    let point = |minute: &str, requests, avg| HistoryPoint {
+    let point = |minute: &str, requests_so_far, avg| history::Bucket {
         minute: minute.to_owned(),
-        requests,
+        requests_so_far,
         avg_processing_time: avg,
     };
-    let history = reporter.history(10).await.unwrap();
+    let history = reporter.buckets(10).await.unwrap();
     assert_eq!(history.len(), 3, "{history:?}");
     // 19:00 holds two reports: max(3, 5) requests, mean(0.2, 0.4) processing time.
     assert_eq!(history[0].minute, "2026-11-26T19:00:00Z");
-    assert_eq!(history[0].requests, 5);
+    assert_eq!(history[0].requests_so_far, 5);
     assert!(
         (history[0].avg_processing_time - 0.3).abs() < 1e-9,
         "{history:?}"
@@ -205,14 +207,23 @@ async fn history_is_the_dashboard_aggregation() {
     assert_eq!(history[2], point("2026-11-26T19:03:00Z", 9, 0.5));
     // The last 2 minutes (19:01:30 .. 19:03:30) hold only the 19:03 report.
     assert_eq!(
-        reporter.history(2).await.unwrap(),
+        reporter.buckets(2).await.unwrap(),
         vec![point("2026-11-26T19:03:00Z", 9, 0.5)]
     );
-    assert!(reporter.history(0).await.unwrap().is_empty());
-    // Serializes as the dashboard endpoint would answer.
+    assert!(reporter.buckets(0).await.unwrap().is_empty());
+    // As /report/history answers: requests per minute, the first bucket only anchoring.
+    let per_minute: Vec<(String, u64)> = HistorySource::points(&reporter, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.minute, p.requests))
+        .collect();
     assert_eq!(
-        serde_json::to_value(&history[2]).unwrap(),
-        json!({"minute": "2026-11-26T19:03:00Z", "requests": 9, "avg_processing_time": 0.5})
+        per_minute,
+        [
+            ("2026-11-26T19:01:00Z".to_owned(), 3),
+            ("2026-11-26T19:03:00Z".to_owned(), 1)
+        ]
     );
     reporter.shutdown(soon()).await;
 }
@@ -369,20 +380,20 @@ async fn refused_documents_are_dead_lettered_and_the_rest_flows() {
     enqueue_n(&reporter, 1).await;
     wait_until("first document sent", WAIT, || reporter.stats().sent == 1).await;
 
-    let bad_date = reporter
-        .enqueue_raw(
-            None,
-            &json!({"@timestamp": "not a date", "total_requests": 1}),
-        )
-        .await
-        .unwrap();
-    let bad_number = reporter
-        .enqueue_raw(
-            None,
-            &json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": "abc"}),
-        )
-        .await
-        .unwrap();
+    let bad_date = enqueue_raw(
+        &reporter,
+        None,
+        &json!({"@timestamp": "not a date", "total_requests": 1}),
+    )
+    .await
+    .unwrap();
+    let bad_number = enqueue_raw(
+        &reporter,
+        None,
+        &json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": "abc"}),
+    )
+    .await
+    .unwrap();
     let good = enqueue_n(&reporter, 1).await;
     wait_until("bad ones dead-lettered, good one sent", WAIT, || {
         let s = reporter.stats();
@@ -390,7 +401,12 @@ async fn refused_documents_are_dead_lettered_and_the_rest_flows() {
     })
     .await;
 
-    let dead = reporter.dead_letters(10).await.unwrap();
+    let dead = reporter
+        .shared
+        .store
+        .run(|db| dead_letters(db, 10))
+        .await
+        .unwrap();
     assert_eq!(
         dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         [bad_date.as_str(), bad_number.as_str()]
@@ -465,16 +481,16 @@ async fn same_id_twice_is_still_one_document() {
     .unwrap();
     let doc = json!({"@timestamp": "2026-11-26T19:00:00Z", "total_requests": 1});
     // Delivered, then sent again as a retry after a lost answer would be.
-    reporter.enqueue_raw(Some("dup-1"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-1"), &doc).await.unwrap();
     wait_until("first copy sent", WAIT, || reporter.stats().sent == 1).await;
-    reporter.enqueue_raw(Some("dup-1"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-1"), &doc).await.unwrap();
     wait_until("second copy acknowledged", WAIT, || {
         reporter.stats().sent == 2
     })
     .await;
     // Twice in the same bulk request.
-    reporter.enqueue_raw(Some("dup-2"), &doc).await.unwrap();
-    reporter.enqueue_raw(Some("dup-2"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-2"), &doc).await.unwrap();
+    enqueue_raw(&reporter, Some("dup-2"), &doc).await.unwrap();
     wait_until("both copies acknowledged", WAIT, || {
         reporter.stats().sent == 4
     })

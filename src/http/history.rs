@@ -15,7 +15,8 @@ pub const DEFAULT_MINUTES: u32 = 60;
 
 #[derive(Serialize)]
 struct HistoryResponse {
-    /// `memory` (this process's ring) or, once plugged in, `elasticsearch`.
+    /// `elasticsearch` (the report documents) when it is configured and answers, else `memory`
+    /// (this process's ring).
     source: &'static str,
     minutes: u32,
     /// Oldest first; minutes without traffic are left out.

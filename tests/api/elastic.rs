@@ -8,6 +8,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use warp::http::StatusCode;
 
+/// `$OSMEM_SERVER`, else `$OSMEM_SERVER_BIN` (the variable the osmem Python package itself
+/// honours), else where `scripts/install-osmem.sh` puts it: the order readme "Tests" gives, and
+/// the one the unit tests' `src/elastic/test_support.rs` uses.
+fn osmem_binary() -> PathBuf {
+    ["OSMEM_SERVER", "OSMEM_SERVER_BIN"]
+        .into_iter()
+        .find_map(std::env::var_os)
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/osmem/bin/osmem-server"),
+            PathBuf::from,
+        )
+}
+
 struct Osmem {
     child: Child,
     url: String,
@@ -15,10 +28,7 @@ struct Osmem {
 
 impl Osmem {
     fn start(addr: &str) -> Osmem {
-        let binary = std::env::var_os("OSMEM_SERVER").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/osmem/bin/osmem-server"),
-            PathBuf::from,
-        );
+        let binary = osmem_binary();
         let mut child = Command::new(&binary)
             .args(["-addr", addr, "-no-stdin-watch", "-parent-pid"])
             .arg(std::process::id().to_string())
