@@ -1,12 +1,13 @@
 //! The one table from failures to HTTP status and stable error code. Every error a client can see
 //! is an `ApiError`; its JSON body is `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! Each layer's own errors become variants here: auth and storage below, the classify stages in
+//! `classify/errors.rs` (so the classify use case, which answers `ApiError`, is not also below
+//! this module).
 use serde::Serialize;
 use warp::http::StatusCode;
 
 use crate::auth::AuthError;
-use crate::classify::fetch::FetchError;
-use crate::classify::image::PreprocessError;
-use crate::classify::model::InferError;
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -114,40 +115,6 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: &'static str,
     pub message: String,
-}
-
-impl From<FetchError> for ApiError {
-    fn from(e: FetchError) -> Self {
-        match e {
-            FetchError::NotAllowed(_) => Self::UrlNotAllowed(e.to_string()),
-            FetchError::TooLarge { .. } => Self::ImageTooLarge(e.to_string()),
-            FetchError::Upstream(_) => Self::Upstream(e.to_string()),
-            FetchError::Timeout => Self::UpstreamTimeout,
-        }
-    }
-}
-
-impl From<PreprocessError> for ApiError {
-    fn from(e: PreprocessError) -> Self {
-        match e {
-            PreprocessError::TooManyPixels { .. } => Self::ImageTooLarge(e.to_string()),
-            PreprocessError::Unsupported(_) | PreprocessError::Corrupt(_) => {
-                Self::UnsupportedImage(e.to_string())
-            }
-        }
-    }
-}
-
-impl From<InferError> for ApiError {
-    fn from(e: InferError) -> Self {
-        match e {
-            InferError::Overloaded => Self::Overloaded,
-            InferError::Engine(_) | InferError::Stopped => {
-                tracing::error!(error = %e, "inference failed");
-                Self::Internal
-            }
-        }
-    }
 }
 
 impl From<AuthError> for ApiError {
