@@ -5,7 +5,8 @@
 //!   in rounds that alternate with their anchors: the c=1 p50 over (model batch-1 + decode/resize
 //!   of cat.bmp), and the c=8 throughput over model-only batch-8 throughput.
 use clap::Parser;
-use classifier_api::config::{Cli, Settings};
+use classifier_api::cli::Cli;
+use classifier_api::config::Settings;
 use classifier_api::model::{Engine, ModelSource, Threads, INPUT_LEN};
 use classifier_api::preprocess::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 use classifier_api::startup::Application;
