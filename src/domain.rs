@@ -63,6 +63,26 @@ impl std::fmt::Display for ImageUrl {
     }
 }
 
+/// The answer's wire form, which clients parse as openapi.yaml documents it (so it must not change
+/// shape): every value is a string, confidence and seconds with 3 decimals
+/// (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ClassifyResponse {
+    pub classification: String,
+    pub confidence: String,
+    pub processing_time: String,
+}
+
+impl ClassifyResponse {
+    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
+        Self {
+            classification: classification.label.clone(),
+            confidence: format!("{:.3}", classification.confidence),
+            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,24 +137,5 @@ mod tests {
             ImageUrl::parse("http://u:p@a.com/x.jpg"),
             Err(UrlError::Credentials)
         );
-    }
-}
-
-/// The answer's wire form, the brief's contract: every value is a string, confidence and seconds
-/// with 3 decimals (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct ClassifyResponse {
-    pub classification: String,
-    pub confidence: String,
-    pub processing_time: String,
-}
-
-impl ClassifyResponse {
-    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
-        Self {
-            classification: classification.label.clone(),
-            confidence: format!("{:.3}", classification.confidence),
-            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
-        }
     }
 }
