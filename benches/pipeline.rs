@@ -7,7 +7,8 @@
 use clap::Parser;
 use classifier_api::classify::image::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 use classifier_api::classify::model::{Engine, ModelSource, Threads, INPUT_LEN};
-use classifier_api::config::{Cli, Settings};
+use classifier_api::cli::Cli;
+use classifier_api::config::Settings;
 use classifier_api::startup::Application;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

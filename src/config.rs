@@ -1,72 +1,12 @@
-//! Command line and environment: every flag also reads a `CLASSIFIER_*` variable.
-use clap::{Args, Parser, Subcommand, ValueEnum};
+//! What the service can be told: every flag also reads a `CLASSIFIER_*` variable. The commands
+//! these settings go with are in `cli`.
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::auth::{load_or_create_root_key, KeyPair};
 use crate::classify::image::ResizeFilter;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "classifier-api",
-    version,
-    about = "Classifies the image behind a URL with MobileNet (TensorFlow)"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service (the default when no subcommand is given).
-    Serve,
-    /// Classify one local file or URL and print the same JSON the API answers.
-    Classify {
-        /// A path to an image file, or an http(s) URL.
-        target: String,
-    },
-    /// Exit 0 if the server on --listen answers GET /healthz (for container HEALTHCHECKs).
-    Healthcheck,
-    /// Manage the users who may ask for tokens (the server must not be running on the same
-    /// data dir: the database admits one process at a time).
-    #[command(subcommand)]
-    User(UserCommand),
-    /// The root key tokens are signed with.
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// Issued tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum UserCommand {
-    /// Add a user; the password is asked for without echo, or read from stdin.
-    Add {
-        name: String,
-        /// Read the password from standard input (first line) instead of prompting.
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// Remove a user; their tokens stop working.
-    Remove { name: String },
-    /// List users.
-    List,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Print the public key (`ed25519/<hex>`) other services verify tokens with.
-    Public,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Make a token (and every token attenuated from it) invalid.
-    Revoke { token: String },
-}
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
 #[derive(Clone)]
@@ -109,6 +49,19 @@ pub enum ModelFormat {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl Settings {
+    /// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created
+    /// on first use. Here because both the server and the offline `key`/`token` commands need it.
+    pub fn load_root_key(&self) -> anyhow::Result<KeyPair> {
+        load_or_create_root_key(
+            &self.data_dir,
+            self.root_key_file.as_deref(),
+            self.root_key.as_ref().map(Secret::expose),
+        )
+        .context("loading the root key")
+    }
 }
 
 /// Everything the service can be told. `global` so flags may stand before or after the subcommand.

@@ -63,6 +63,46 @@ impl std::fmt::Display for ImageUrl {
     }
 }
 
+/// The answer's wire form, which clients parse as openapi.yaml documents it (so it must not change
+/// shape): every value is a string, confidence and seconds with 3 decimals
+/// (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ClassifyResponse {
+    pub classification: String,
+    pub confidence: String,
+    pub processing_time: String,
+}
+
+impl ClassifyResponse {
+    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
+        Self {
+            classification: classification.label.clone(),
+            confidence: format!("{:.3}", classification.confidence),
+            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
+        }
+    }
+}
+
+/// One row of `/report`: a URL and its processing times in seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UrlStats {
+    pub image_url: String,
+    pub count: u64,
+    pub min_processing_time: f64,
+    pub max_processing_time: f64,
+    pub avg_processing_time: f64,
+}
+
+/// Aggregates over every recorded request. All times are 0 when nothing was recorded (JSON has no
+/// infinity).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Totals {
+    pub count: u64,
+    pub min_processing_time: f64,
+    pub max_processing_time: f64,
+    pub avg_processing_time: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,43 +158,4 @@ mod tests {
             Err(UrlError::Credentials)
         );
     }
-}
-
-/// The answer's wire form, the brief's contract: every value is a string, confidence and seconds
-/// with 3 decimals (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct ClassifyResponse {
-    pub classification: String,
-    pub confidence: String,
-    pub processing_time: String,
-}
-
-impl ClassifyResponse {
-    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
-        Self {
-            classification: classification.label.clone(),
-            confidence: format!("{:.3}", classification.confidence),
-            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
-        }
-    }
-}
-
-/// One row of `/report`: a URL and its processing times in seconds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct UrlStats {
-    pub image_url: String,
-    pub count: u64,
-    pub min_processing_time: f64,
-    pub max_processing_time: f64,
-    pub avg_processing_time: f64,
-}
-
-/// Aggregates over every recorded request. All times are 0 when nothing was recorded (JSON has no
-/// infinity).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Totals {
-    pub count: u64,
-    pub min_processing_time: f64,
-    pub max_processing_time: f64,
-    pub avg_processing_time: f64,
 }

@@ -1,7 +1,8 @@
 //! classifier-api: classifies the image behind a URL with MobileNet run by TensorFlow.
 //!
 //! # Layout
-//! - `config`: flags and `CLASSIFIER_*` environment variables.
+//! - `cli`: the commands (`serve`, `classify`, `healthcheck`, and the offline `user`, `key` and
+//!   `token`); `config`: the settings they share, flags and `CLASSIFIER_*` environment variables.
 //! - `startup`: builds the application (model, fetcher, listener) and serves until stopped.
 //! - `http`: one small warp filter per endpoint; every failure becomes a JSON error. `http::web`
 //!   serves the page for people (`web/`, embedded).
@@ -16,15 +17,14 @@
 //! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
 //!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
 //!   `history`: requests per minute for `/report/history` (in-memory ring, pluggable source).
-//! - `admin`: the offline `user`, `key` and `token` commands.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
 //! - `rss`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
 //! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
 //! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
-pub mod admin;
 pub mod auth;
 pub mod classify;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::auth::{load_or_create_root_key, Auth, KeyPair};
+use crate::auth::Auth;
 use crate::classify::fetch::{FetchConfig, Fetcher};
 use crate::classify::image::{DecodeLimits, PreprocessOptions};
 use crate::classify::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
 use crate::classify::pipeline::Pipeline;
 use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ModelFormat, Secret, Settings};
+use crate::config::{ModelFormat, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
 use crate::http::{Ops, Services};
@@ -192,21 +192,10 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
     })
 }
 
-/// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created on
-/// first start.
-pub fn root_key(settings: &Settings) -> anyhow::Result<KeyPair> {
-    load_or_create_root_key(
-        &settings.data_dir,
-        settings.root_key_file.as_deref(),
-        settings.root_key.as_ref().map(Secret::expose),
-    )
-    .context("loading the root key")
-}
-
 fn build_auth(settings: &Settings, db: LocalDb, clock: Arc<dyn Clock>) -> anyhow::Result<Auth> {
     Ok(Auth::new(
         db,
-        root_key(settings)?,
+        settings.load_root_key()?,
         settings.token_ttl.into(),
         clock,
     ))

@@ -48,7 +48,8 @@ pub enum AuthError {
     InvalidToken(String),
     #[error("invalid username: {0}")]
     InvalidUsername(String),
-    /// Not in the original brief: `add_user` needs a way to refuse empty or oversized passwords.
+    /// `add_user` refuses empty passwords (an account anyone could log into) and ones over
+    /// `users::MAX_PASSWORD_BYTES` (login refuses those before hashing, so it could never log in).
     #[error("invalid password: {0}")]
     InvalidPassword(String),
     #[error("user {0} already exists")]

@@ -112,8 +112,8 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Adds a user with an Argon2id hash of `password`. Slow by design (one Argon2 hash); call it
-/// from `spawn_blocking` (or [`super::Auth::add_user`]) inside the server.
+/// Adds a user with an Argon2id hash of `password`. Slow by design (one Argon2 hash): inside an
+/// async runtime, call it from `spawn_blocking`.
 pub fn add_user(db: &Database, name: &str, password: &str) -> Result<(), AuthError> {
     validate_username(name)?;
     validate_password(password)?;

@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app, FixtureServer};
+use crate::helpers::{spawn_app, start_app, test_settings, FixtureServer};
 use warp::http::StatusCode;
 
 #[tokio::test]
@@ -81,8 +81,17 @@ async fn a_request_in_flight_when_shutdown_starts_still_gets_its_answer() {
     }
     // The fixture holds the image back 300 ms: the request is still waiting when stop begins.
     assert!(!request.is_finished());
-    let (_fixtures, data_dir) = app.stop().await;
+    let (fixtures, data_dir) = app.stop().await;
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
-    assert!(data_dir.path().exists());
+    // The final commit came after it finished, so the next start counts it.
+    let settings = test_settings(data_dir.path(), &[]);
+    let app = start_app(settings, fixtures, data_dir).await;
+    let report = app.report().await;
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(
+        report[0]["image_url"],
+        app.fixtures.url("/delayed/in-flight.bmp")
+    );
+    assert_eq!(report[0]["count"], 1);
 }

@@ -2,8 +2,9 @@
 //! (real photos, re-encodings made here, and routes that misbehave on purpose).
 use bytes::Bytes;
 use clap::Parser;
+use classifier_api::cli::Cli;
 use classifier_api::clock::{Clock, ManualClock, SystemClock};
-use classifier_api::config::{Cli, Settings};
+use classifier_api::config::Settings;
 use classifier_api::startup::Application;
 use futures_util::stream;
 use serde_json::Value;

@@ -4,10 +4,10 @@
 use anyhow::{bail, Context};
 use std::io::BufRead;
 
+use super::{KeyCommand, TokenCommand, UserCommand};
 use crate::auth::{self, public_key_string};
-use crate::config::{KeyCommand, Settings, TokenCommand, UserCommand};
+use crate::config::Settings;
 use crate::localdb::LocalDb;
-use crate::startup::root_key;
 
 fn open_store(settings: &Settings) -> anyhow::Result<LocalDb> {
     LocalDb::open(&settings.data_dir).with_context(|| {
@@ -49,7 +49,7 @@ pub fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
 
 pub fn key(settings: &Settings, command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Public => println!("{}", public_key_string(&root_key(settings)?)),
+        KeyCommand::Public => println!("{}", public_key_string(&settings.load_root_key()?)),
     }
     Ok(())
 }
@@ -57,7 +57,7 @@ pub fn key(settings: &Settings, command: KeyCommand) -> anyhow::Result<()> {
 pub fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Revoke { token } => {
-            let public = root_key(settings)?.public();
+            let public = settings.load_root_key()?.public();
             let store = open_store(settings)?;
             auth::revoke_token(store.database(), token.trim(), &public)?;
             eprintln!("token revoked");
