@@ -1,6 +1,6 @@
 //! Operability: health, readiness, metrics, request ids, logs, graceful shutdown.
 use crate::helpers::{spawn_app, FixtureServer};
-use crate::process::start_server_env;
+use crate::process::{start_server_env, ServerProcess};
 use std::time::Duration;
 
 #[tokio::test]
@@ -90,62 +90,29 @@ async fn request_ids_are_echoed_or_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_one_line_per_request_no_secrets_and_sigterm_lets_requests_finish() {
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_0() {
     let fixtures = FixtureServer::start().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let dir = data_dir.path().to_owned();
-    let secret_key = biscuit_auth::KeyPair::new().private().to_prefixed_string();
-    let key_for_server = secret_key.clone();
-    let server = tokio::task::spawn_blocking(move || {
-        start_server_env(
-            &dir,
-            &[
-                "--log-format",
-                "json",
-                "--elasticsearch-url",
-                "http://127.0.0.1:1",
-                "--elasticsearch-username",
-                "elastic",
-            ],
-            &[
-                ("CLASSIFIER_ROOT_KEY", &key_for_server),
-                ("CLASSIFIER_ELASTICSEARCH_PASSWORD", "hunter2-es-pass"),
-            ],
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    // A slow request is in flight when SIGTERM arrives: it must still be answered.
-    let slow = tokio::spawn({
-        let (client, url) = (client.clone(), server.url("/classify-image"));
-        let image = fixtures.url("/delayed/cat.bmp");
-        async move {
-            client
-                .post(url)
-                .json(&serde_json::json!({ "image_url": image }))
-                .send()
-                .await
-        }
-    });
+    let server = start(data_dir.path(), &[], vec![]).await;
+    let slow = tokio::spawn(classify(&server, fixtures.url("/delayed/cat.bmp")));
     while fixtures.hits("/delayed/cat.bmp") == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let startup = server.startup_lines.join("\n");
-    let (status, rest) = tokio::task::spawn_blocking(move || server.sigterm())
-        .await
-        .unwrap();
+    stop(server).await;
     let response = slow.await.unwrap().unwrap();
     assert_eq!(response.status(), 200, "in-flight request finished");
-    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+}
 
-    let log = format!("{startup}\n{rest}");
-    assert!(!log.contains(&secret_key), "root key in the log");
-    assert!(
-        !log.contains("hunter2-es-pass"),
-        "Elasticsearch password in the log"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_line_per_request() {
+    let fixtures = FixtureServer::start().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = start(data_dir.path(), &["--log-format", "json"], vec![]).await;
+    let response = classify(&server, fixtures.url("/images/cat.bmp"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = stop(server).await;
     let access: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -158,6 +125,85 @@ async fn json_logs_one_line_per_request_no_secrets_and_sigterm_lets_requests_fin
     assert_eq!(line["method"], "POST");
     assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_the_environment_never_reach_the_log() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret_key = biscuit_auth::KeyPair::new().private().to_prefixed_string();
+    let server = start(
+        data_dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--elasticsearch-url",
+            "http://127.0.0.1:1",
+            "--elasticsearch-username",
+            "elastic",
+        ],
+        vec![
+            ("CLASSIFIER_ROOT_KEY", secret_key.clone()),
+            (
+                "CLASSIFIER_ELASTICSEARCH_PASSWORD",
+                "hunter2-es-pass".into(),
+            ),
+        ],
+    )
+    .await;
+    let log = stop(server).await;
+    assert!(!log.contains(&secret_key), "root key in the log");
+    assert!(
+        !log.contains("hunter2-es-pass"),
+        "Elasticsearch password in the log"
+    );
+    // The start line prints every setting: both secrets are there, redacted.
+    let starting = log
+        .lines()
+        .find(|l| l.contains("starting classifier-api"))
+        .unwrap_or_else(|| panic!("a start line in\n{log}"));
+    assert!(
+        starting.contains("root_key: Some([redacted])")
+            && starting.contains("elasticsearch_password: Some([redacted])"),
+        "{starting}"
+    );
+}
+
+/// `serve` on a fresh port; the process blocks while it starts, so off the async workers.
+async fn start(
+    data_dir: &std::path::Path,
+    args: &'static [&'static str],
+    env: Vec<(&'static str, String)>,
+) -> ServerProcess {
+    let dir = data_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_server_env(&dir, args, &env).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// SIGTERM; everything it logged, start to exit. Panics unless it exits 0.
+async fn stop(server: ServerProcess) -> String {
+    let startup = server.startup_lines.join("\n");
+    let (status, rest) = tokio::task::spawn_blocking(move || server.sigterm())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    format!("{startup}\n{rest}")
+}
+
+fn classify(
+    server: &ServerProcess,
+    image_url: String,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    let request = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(server.url("/classify-image"))
+        .json(&serde_json::json!({ "image_url": image_url }));
+    request.send()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
