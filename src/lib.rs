@@ -1,42 +1,49 @@
 //! classifier-api: classifies the image behind a URL with MobileNet run by TensorFlow.
 //!
 //! # Layout
+//! Dependencies point down this list, never back up.
 //! - `cli`: the commands (`serve`, `classify`, `healthcheck`, and the offline `user`, `key` and
 //!   `token`); `config`: the settings they share, flags and `CLASSIFIER_*` environment variables.
-//! - `startup`: builds the application (model, fetcher, listener) and serves until stopped.
-//! - `http`: one small warp filter per endpoint; every failure becomes a JSON error. `http::web`
-//!   serves the page for people (`web/`, embedded).
+//! - `startup`: builds the application from the settings (database, storage, services, routes)
+//!   and serves until stopped. It is the one place that wires concrete parts together.
+//! - `http`: one small warp filter per endpoint; each decodes the request, calls one service and
+//!   encodes the answer; every failure becomes a JSON error. `http::web` serves the page.
 //! - `error`: the single table from failure to HTTP status and stable error code.
-//! - `state`: what handlers share.
-//! - `classify`: the request's stages, in order. `classify::fetch` downloads untrusted URLs
-//!   safely (no private destinations, size and time limits, redirects checked hop by hop);
-//!   `classify::image` decodes, resizes Pillow-exactly to 224x224 and scales to [-1, 1] (with the
-//!   optional reduced-size JPEG decode, `--jpeg-dct-scaling`); `classify::model` runs the
-//!   TensorFlow session on its own thread, with dynamic batching; `classify::pipeline` chains
-//!   fetch -> image -> model.
-//! - `store` + `writer`: the redb database and its batching writer task; `cache`: per-URL results
-//!   (quick_cache over redb, TTL, single flight); `stats`: per-URL counts and times for `/report`;
-//!   `history`: requests per minute for `/report/history` (in-memory ring, pluggable source).
+//! - `classify`: the classify use case (`ClassifyService`: admission, single flight over the
+//!   cache, statistics, history) and the request's stages in order: `fetch` downloads untrusted
+//!   URLs safely, `image` decodes and resizes Pillow-exactly to 224x224 in [-1, 1], `model` runs
+//!   the TensorFlow session on its own thread with dynamic batching, `pipeline` chains them.
+//! - `report`: the report use case (top 10, then one Elasticsearch document).
+//! - `history`: requests per minute for `/report/history` behind a `HistorySource` (the in-memory
+//!   ring; `elastic` implements it too).
+//! - `storage`: results (memory tier over a backend) and request statistics (batched), behind the
+//!   `CacheStore`/`StatsStore` seam; backends: redb (default) and in-memory.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
-//! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox in redb.
+//! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox.
+//! - `localdb`: the per-replica redb file: opening it, every table (`localdb::schema`), and the
+//!   one blocking helper for its transactions.
 //! - `rss`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
 //! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
-//! - `domain`: validated values (`ImageUrl`, `Classification`); `clock`: injectable time.
-pub mod auth;
+//! - `domain`: validated values (`ImageUrl`, `Classification`, report rows); `clock`: injectable
+//!   time; `sync`: the one poison-tolerant lock.
+//!
+//! Public are the modules the binary, the integration tests and the benches use; the rest is
+//! private so the layout can change without breaking them.
+mod auth;
 pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
-pub mod elastic;
-pub mod error;
-pub mod history;
-pub mod http;
+mod elastic;
+mod error;
+mod history;
+mod http;
 pub mod localdb;
-pub mod metrics;
-pub mod report;
+mod metrics;
+mod report;
 pub mod rss;
-pub mod shutdown;
+mod shutdown;
 pub mod startup;
 pub mod storage;
 mod sync;

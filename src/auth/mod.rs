@@ -22,15 +22,13 @@ use std::time::Duration;
 
 use crate::localdb::DbError;
 
-pub use keys::{
-    load_or_create_root_key, parse_private_key, parse_public_key, public_key_string, ROOT_KEY_FILE,
-};
+pub use keys::{load_or_create_root_key, public_key_string};
 pub use service::Auth;
-pub use tokens::{revoke_token, IssuedToken};
-pub use users::{add_user, list_users, remove_user, validate_username};
+pub use tokens::revoke_token;
+pub use users::{add_user, list_users, remove_user};
 
 /// Re-exported so callers (CLI, server wiring) need no direct biscuit dependency for key types.
-pub use biscuit_auth::{KeyPair, PublicKey};
+pub use biscuit_auth::KeyPair;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -32,7 +32,7 @@
 //! | `es_dead_letter_v1` | sequence          | (document id, JSON source, reason, ms)  |
 //! | `es_meta_v1`        | name              | u64 (`next_seq`)                        |
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use elasticsearch::Elasticsearch;
 use serde::Serialize;
@@ -276,12 +276,7 @@ impl Reporter {
     /// recognised by its id. Returns the final counters. Idempotent.
     pub async fn shutdown(&self, deadline: Instant) -> ReporterStats {
         self.control.shutdown.send_replace(Some(deadline));
-        let task = self
-            .control
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let task = crate::sync::lock(&self.control.task).take();
         if let Some(mut task) = task {
             // The task honours the deadline itself; the grace period only guards against a bug
             // keeping the process from exiting.

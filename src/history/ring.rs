@@ -70,10 +70,7 @@ impl MemoryHistory {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-        // A panic while holding it cannot leave a slot half-written in a harmful way.
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.slots)
     }
 }
 

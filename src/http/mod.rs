@@ -20,7 +20,6 @@ use crate::history::History;
 use crate::report::ReportService;
 
 pub use ops::Ops;
-pub use reply::error_response;
 
 /// What the routes are built from: one handle per concern, each handed only to its own routes.
 #[derive(Clone)]
