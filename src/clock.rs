@@ -48,6 +48,22 @@ impl Clock for ManualClock {
     }
 }
 
+/// A number that differs between processes (and between starts of one), for ids and jitter that
+/// must not collide or move in lockstep across instances. Not for secrets.
+pub fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    })
+}
+
 /// Milliseconds since the Unix epoch, the form times are stored in (redb keys, token facts).
 pub fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

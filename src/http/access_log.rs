@@ -43,20 +43,10 @@ fn accepted(id: Option<String>) -> Option<String> {
     id.filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
 }
 
-/// Unique per process (counter) and across restarts (start-time seed): no dependency needed.
+/// Unique per process (counter) and across restarts (the process seed): no dependency needed.
 fn generate() -> String {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.finish()
-    });
+    let seed = crate::clock::process_seed();
     format!("{seed:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 

@@ -1,5 +1,5 @@
 //! How long the sender waits after a failed delivery.
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Exponential backoff with "equal jitter" (half fixed, half random) so that several instances
 /// that lost the cluster at the same moment do not retry in lockstep.
@@ -13,15 +13,12 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
-        // Seeded from the clock: the jitter only has to differ between processes.
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        // The jitter only has to differ between processes.
         Backoff {
             initial,
             max,
             current: None,
-            rng: seed | 1,
+            rng: crate::clock::process_seed() | 1,
         }
     }
 
