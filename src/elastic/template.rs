@@ -41,6 +41,8 @@ pub(crate) fn mappings() -> Value {
             "entries": {
                 "properties": {
                     "image_url": keyword,
+                    // Upload rows: image_url is null, the bytes' hex SHA-256 names them.
+                    "upload_sha256": keyword,
                     "count": long,
                     "min_processing_time": double,
                     "max_processing_time": double,
@@ -119,10 +121,9 @@ mod tests {
         let props = &body["template"]["mappings"]["properties"];
         assert_eq!(props["@timestamp"]["type"], "date");
         assert_eq!(props["instance_id"]["type"], "keyword");
-        assert_eq!(
-            props["entries"]["properties"]["image_url"]["type"],
-            "keyword"
-        );
+        for field in ["image_url", "upload_sha256"] {
+            assert_eq!(props["entries"]["properties"][field]["type"], "keyword");
+        }
         assert_eq!(props["total_requests"]["type"], "long");
         assert_eq!(props["overall_avg_processing_time"]["type"], "double");
         assert!(body.get("data_stream").is_none());

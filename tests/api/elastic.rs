@@ -100,6 +100,10 @@ async fn each_report_call_becomes_one_document_with_the_report_in_it() {
             StatusCode::OK
         );
     }
+    // An upload: its row (image_url null, upload_sha256) goes into the document as it is.
+    let bird = std::fs::read(crate::helpers::fixtures_dir().join("images/bird.bmp")).unwrap();
+    let (status, body) = app.post_classify(bird.into(), Some("image/bmp")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let mut reports = Vec::new();
     for _ in 0..3 {
         reports.push(app.report().await);
@@ -114,9 +118,14 @@ async fn each_report_call_becomes_one_document_with_the_report_in_it() {
     for (doc, report) in docs.iter().zip(&reports) {
         assert_eq!(&doc["entries"], &Value::Array(report.clone()));
         assert_eq!(doc["instance_id"], "test-1");
-        assert_eq!(doc["entries_returned"], 1);
+        assert_eq!(doc["entries_returned"], 2);
+        assert_eq!(doc["entries"][1]["image_url"], Value::Null);
+        assert_eq!(
+            doc["entries"][1]["upload_sha256"].as_str().unwrap().len(),
+            64
+        );
         assert_eq!(doc["top_count"], 2);
-        assert_eq!(doc["total_requests"], 2);
+        assert_eq!(doc["total_requests"], 3);
         assert!(doc["overall_avg_processing_time"].as_f64().unwrap() > 0.0);
         assert!(doc["@timestamp"].as_str().unwrap().ends_with('Z'));
     }
