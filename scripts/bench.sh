@@ -29,12 +29,26 @@ BENCH_DATA_DIR="$work/report" cargo bench --locked --bench report 2>/dev/null | 
 # A static image server for the HTTP runs. HTTP/1.1 keep-alive, unlike `python3 -m http.server`,
 # whose new connection (and thread, behind a backlog of 5) per download put a 270 ms p99 into the
 # cold c=8 figures that was the image server's, not ours (83 ms with keep-alive).
+# `?n=K` serves the file with its last 8 bytes replaced by K: new bytes for every K, so the cold
+# runs are not answered by the content cache (same bytes at two URLs cost one inference).
 python3 -u - fixtures/shared/images >"$work/http.log" 2>&1 <<'PY' &
-import functools, http.server, sys
+import functools, http.server, os, sys, urllib.parse
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *args):
         pass
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        n = urllib.parse.parse_qs(url.query).get("n")
+        if not n:
+            return super().do_GET()
+        with open(os.path.join(sys.argv[1], url.path.lstrip("/")), "rb") as f:
+            body = f.read()
+        body = body[:-8] + int(n[0]).to_bytes(8, "little")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 server = http.server.ThreadingHTTPServer(
     ("127.0.0.1", 0), functools.partial(Handler, directory=sys.argv[1]))
 print(f"serving on port {server.server_address[1]}")
@@ -75,7 +89,7 @@ cached_hits() {
   rps_last=$rps
 }
 
-# A new URL per request (the image server ignores the query), so every request is classified.
+# A new URL and new bytes per request (see the image server), so every request is classified.
 cat >"$work/cold.lua" <<LUA
 counter = 0
 request = function()
