@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::auth::{load_or_create_root_key, KeyPair};
 use crate::classify::image::ResizeFilter;
+use crate::http::CorsOrigins;
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
 #[derive(Clone)]
@@ -75,6 +76,18 @@ pub struct Settings {
         global = true
     )]
     pub listen: SocketAddr,
+
+    /// Origins whose pages may call the API from a browser (CORS): comma-separated
+    /// `scheme://host[:port]`, e.g. `https://promo.example.com`, or `*` for any. Unset or empty:
+    /// no CORS headers, so only same-origin pages can read the answers.
+    #[arg(
+        long,
+        env = "CLASSIFIER_CORS_ORIGINS",
+        default_value = "",
+        hide_default_value = true,
+        global = true
+    )]
+    pub cors_origins: CorsOrigins,
 
     /// Directory for the database (cache, statistics, users, keys).
     #[arg(
