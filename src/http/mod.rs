@@ -17,10 +17,10 @@ use warp::{Filter, Reply};
 
 use crate::auth::Auth;
 use crate::classify::ClassifyService;
+use crate::config::CorsOrigins;
 use crate::history::History;
 use crate::report::ReportService;
 
-pub use cors::CorsOrigins;
 pub use ops::Ops;
 
 /// What the routes are built from: one handle per concern, each handed only to its own routes.
