@@ -31,7 +31,10 @@ npm_ci() {
 run_tests() {
   local shot="$root/target/browser-test/dashboard.png"
   [[ "${UPDATE_SCREENSHOT:-}" == 1 ]] && shot="$root/docs/dashboard.png"
-  (cd tests/browser && CLASSIFIER_BIN="$root/target/debug/classifier-api" SCREENSHOT="$shot" \
+  # Where cargo put it: CARGO_TARGET_DIR (a build dir shared between checkouts), relative to root.
+  local bin="${CARGO_TARGET_DIR:-target}/debug/classifier-api"
+  [[ $bin == /* ]] || bin="$root/$bin"
+  (cd tests/browser && CLASSIFIER_BIN="$bin" SCREENSHOT="$shot" \
     node --test --test-concurrency=1 --test-timeout=300000)
   echo "screenshot: $shot"
 }

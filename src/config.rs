@@ -51,6 +51,66 @@ pub enum LogFormat {
     Json,
 }
 
+/// The pages allowed to call the API, from `--cors-origins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS at all: answers carry no CORS headers (an empty value, the default).
+    Off,
+    /// `*`: any page.
+    Any,
+    /// Each in the form browsers send in `Origin`: lower case, no default port, no path.
+    Only(Vec<String>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    /// `*`, or comma-separated `scheme://host[:port]` (http or https); empty items are skipped,
+    /// and nothing at all is `Off` (so an empty `CLASSIFIER_CORS_ORIGINS=` means unset).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .collect();
+        if items == ["*"] {
+            return Ok(Self::Any);
+        }
+        if items.contains(&"*") {
+            return Err("`*` allows every origin; give it alone, not in a list".into());
+        }
+        if items.is_empty() {
+            return Ok(Self::Off);
+        }
+        items
+            .into_iter()
+            .map(parse_origin)
+            .collect::<Result<_, _>>()
+            .map(Self::Only)
+    }
+}
+
+/// One origin as a browser serializes it, or why the text is not one.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let bad =
+        |why: &str| format!("`{text}` is not an origin: {why} (e.g. https://promo.example.com)");
+    // The URL parser reads "https://a.com/" as "https://a.com"; only the text shows a path.
+    let Some((_, authority)) = text.split_once("://") else {
+        return Err(bad("it must start with http:// or https://"));
+    };
+    if authority.contains(['/', '\\', '?', '#']) {
+        return Err(bad("nothing may follow host[:port], not even a /"));
+    }
+    if authority.contains('@') {
+        return Err(bad("it must not hold a user name or password"));
+    }
+    let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 impl Settings {
     /// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created
     /// on first use. Here because both the server and the offline `key`/`token` commands need it.
@@ -75,6 +135,18 @@ pub struct Settings {
         global = true
     )]
     pub listen: SocketAddr,
+
+    /// Origins whose pages may call the API from a browser (CORS): comma-separated
+    /// `scheme://host[:port]`, e.g. `https://promo.example.com`, or `*` for any. Unset or empty:
+    /// no CORS headers, so only same-origin pages can read the answers.
+    #[arg(
+        long,
+        env = "CLASSIFIER_CORS_ORIGINS",
+        default_value = "",
+        hide_default_value = true,
+        global = true
+    )]
+    pub cors_origins: CorsOrigins,
 
     /// Directory for the database (cache, statistics, users, keys).
     #[arg(
@@ -309,4 +381,49 @@ pub struct Settings {
         global = true
     )]
     pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only(list: &[&str]) -> CorsOrigins {
+        CorsOrigins::Only(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn origins_parse_to_what_browsers_send() {
+        let parsed: CorsOrigins = " https://Promo.Example.com , http://127.0.0.1:8081,"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            parsed,
+            only(&["https://promo.example.com", "http://127.0.0.1:8081"])
+        );
+        // Browsers leave the scheme's default port out of `Origin`.
+        let parsed: CorsOrigins = "https://a.com:443,http://[::1]:80".parse().unwrap();
+        assert_eq!(parsed, only(&["https://a.com", "http://[::1]"]));
+        assert_eq!("*".parse::<CorsOrigins>(), Ok(CorsOrigins::Any));
+        assert_eq!("".parse::<CorsOrigins>(), Ok(CorsOrigins::Off));
+        assert_eq!(" , ".parse::<CorsOrigins>(), Ok(CorsOrigins::Off));
+    }
+
+    #[test]
+    fn what_is_not_an_origin_is_refused_with_the_reason() {
+        let cases = [
+            ("https://a.com/", "nothing may follow"),
+            ("https://a.com/app", "nothing may follow"),
+            ("https://a.com?x", "nothing may follow"),
+            ("https://u:p@a.com", "user name"),
+            ("a.com", "must start with"),
+            ("ftp://a.com", "http or https"),
+            ("https://", "empty host"),
+            ("https://a.com:99999", "port"),
+            ("*,https://a.com", "alone"),
+        ];
+        for (text, why) in cases {
+            let error = text.parse::<CorsOrigins>().unwrap_err();
+            assert!(error.contains(why), "{text}: {error}");
+        }
+    }
 }

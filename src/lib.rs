@@ -7,7 +7,8 @@
 //! - `startup`: builds the application from the settings (database, storage, services, routes)
 //!   and serves until stopped. It is the one place that wires concrete parts together.
 //! - `http`: one small warp filter per endpoint; each decodes the request, calls one service and
-//!   encodes the answer; every failure becomes a JSON error. `http::web` serves the page.
+//!   encodes the answer; every failure becomes a JSON error. `http::web` serves the page;
+//!   `http::cors` lets the pages of `--cors-origins` call the API.
 //! - `error`: the single table from failure to HTTP status and stable error code.
 //! - `classify`: the classify use case (`ClassifyService`: admission, single flight over the
 //!   cache, statistics, history) and the request's stages in order: `fetch` downloads untrusted

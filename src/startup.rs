@@ -93,6 +93,7 @@ impl Application {
                 },
                 reporter,
             },
+            cors: settings.cors_origins.clone(),
         };
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -1,8 +1,9 @@
-//! Routes. Each endpoint is a small filter in its own file; `routes` composes them and turns every
-//! rejection into the JSON error body.
+//! Routes. Each endpoint is a small filter in its own file; `routes` composes them, turns every
+//! rejection into the JSON error body, and wraps them in CORS and the access log.
 mod access_log;
 mod auth;
 mod classify;
+mod cors;
 mod history;
 mod ops;
 mod rejection;
@@ -16,6 +17,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::Auth;
 use crate::classify::ClassifyService;
+use crate::config::CorsOrigins;
 use crate::history::History;
 use crate::report::ReportService;
 
@@ -29,6 +31,8 @@ pub struct Services {
     pub history: History,
     pub auth: Auth,
     pub ops: Ops,
+    /// The origins whose pages may call the API from a browser.
+    pub cors: CorsOrigins,
 }
 
 pub fn routes(
@@ -54,7 +58,7 @@ pub fn routes(
         .and(warp::method())
         .and(warp::path::full())
         .and(header_text("x-request-id"))
-        .and(api)
+        .and(cors::wrap(services.cors, api))
         .map(access_log::finish)
 }
 

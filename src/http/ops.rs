@@ -7,7 +7,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::reply::error_response;
+use super::reply::{error_response, unavailable_says_when};
 use super::with;
 use crate::elastic::Reporter;
 use crate::error::ApiError;
@@ -40,8 +40,11 @@ pub fn routes(ops: Ops) -> impl Filter<Extract = (Response,), Error = Rejection>
             } else {
                 ("not_ready", StatusCode::SERVICE_UNAVAILABLE)
             };
-            warp::reply::with_status(warp::reply::json(&json!({ "status": body })), status)
-                .into_response()
+            let mut response =
+                warp::reply::with_status(warp::reply::json(&json!({ "status": body })), status)
+                    .into_response();
+            unavailable_says_when(&mut response);
+            response
         });
     let metrics = warp::path!("metrics")
         .and(super::get_or_head())
@@ -76,4 +79,31 @@ fn render_metrics(ops: Ops) -> Response {
     }
     warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4")
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_ready_is_a_503_that_says_when_to_ask_again() {
+        let ops = Ops {
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics: None,
+            reporter: None,
+        };
+        let response = warp::test::request()
+            .path("/readyz")
+            .reply(&routes(ops.clone()))
+            .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        ops.ready.store(true, Ordering::Release);
+        let response = warp::test::request()
+            .path("/readyz")
+            .reply(&routes(ops))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("retry-after").is_none());
+    }
 }

@@ -3,6 +3,7 @@
 mod cache;
 mod classify;
 mod cli;
+mod cors;
 mod elastic;
 mod errors;
 mod golden;
