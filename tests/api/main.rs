@@ -5,6 +5,7 @@ mod classify;
 mod cli;
 mod elastic;
 mod errors;
+mod exif;
 mod golden;
 mod helpers;
 mod history;
