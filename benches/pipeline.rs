@@ -86,6 +86,7 @@ fn decode_resize() {
                 let options = PreprocessOptions {
                     filter,
                     jpeg_dct_scaling,
+                    ..PreprocessOptions::default()
                 };
                 p50_p99(time_ms(30, || {
                     image::preprocess(&bytes, &LIMITS, &options, &mut out).unwrap();

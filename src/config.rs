@@ -45,6 +45,15 @@ pub enum ModelFormat {
     SavedModel,
 }
 
+/// What `--exif-orientation` does with the orientation tag of JPEG, PNG and WebP images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExifOrientation {
+    /// Classify the pixels as stored, as Keras `load_img` does.
+    Ignore,
+    /// Turn the image upright first, as a photo viewer shows it.
+    Apply,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -200,6 +209,18 @@ pub struct Settings {
     /// the confidences, differ from Pillow's. Off by default.
     #[arg(long, env = "CLASSIFIER_JPEG_DCT_SCALING", global = true)]
     pub jpeg_dct_scaling: bool,
+
+    /// `apply` turns JPEG, PNG and WebP images upright by their EXIF orientation before the
+    /// resize, so portrait phone photos are seen as taken; `ignore` (the default) classifies the
+    /// pixels as stored, as Keras `load_img` does. A missing or damaged tag counts as upright.
+    #[arg(
+        long,
+        env = "CLASSIFIER_EXIF_ORIENTATION",
+        value_enum,
+        default_value = "ignore",
+        global = true
+    )]
+    pub exif_orientation: ExifOrientation,
 
     /// Which embedded form of the model to run (ignored with --model-dir).
     #[arg(

@@ -15,7 +15,7 @@ use crate::classify::model::{Batching, Classifier, ModelConfig, ModelSource, Thr
 use crate::classify::pipeline::Pipeline;
 use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ModelFormat, Settings};
+use crate::config::{ExifOrientation, ModelFormat, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
 use crate::http::{Ops, Services};
@@ -189,6 +189,7 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
         options: PreprocessOptions {
             filter: settings.resize_filter,
             jpeg_dct_scaling: settings.jpeg_dct_scaling,
+            apply_exif_orientation: settings.exif_orientation == ExifOrientation::Apply,
         },
     })
 }

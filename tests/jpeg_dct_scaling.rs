@@ -36,6 +36,7 @@ fn dct_scaling_keeps_the_golden_jpeg_answers() {
         let options = PreprocessOptions {
             filter,
             jpeg_dct_scaling,
+            ..PreprocessOptions::default()
         };
         let mut input = vec![0.0; INPUT_LEN];
         preprocess(bytes, &LIMITS, &options, &mut input).unwrap();

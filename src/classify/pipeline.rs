@@ -15,7 +15,7 @@ pub struct Pipeline {
     pub fetcher: Fetcher,
     pub classifier: Classifier,
     pub limits: DecodeLimits,
-    /// Resize filter and `--jpeg-dct-scaling`.
+    /// Resize filter, `--jpeg-dct-scaling` and `--exif-orientation`.
     pub options: PreprocessOptions,
 }
 

@@ -182,7 +182,7 @@ pub fn error_code(body: &Value) -> &str {
 pub struct FixtureServer {
     pub addr: SocketAddr,
     hits: Arc<Mutex<HashMap<String, usize>>>,
-    _generated: tempfile::TempDir,
+    generated: tempfile::TempDir,
 }
 
 impl FixtureServer {
@@ -271,12 +271,17 @@ impl FixtureServer {
         Self {
             addr,
             hits,
-            _generated: generated,
+            generated,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Serves `bytes` at `/gen/<name>` from now on: images a single test builds.
+    pub fn add(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.generated.path().join(name), bytes).unwrap();
     }
 
     pub fn hits(&self, path: &str) -> usize {

@@ -6,6 +6,7 @@ mod cli;
 mod cors;
 mod elastic;
 mod errors;
+mod exif;
 mod golden;
 mod helpers;
 mod history;

@@ -4,9 +4,12 @@
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use image::metadata::Orientation;
 use image::{
     ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
 };
+
+use super::orientation;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
@@ -80,15 +83,20 @@ fn format_name(format: ImageFormat) -> String {
     }
 }
 
-/// Decodes `bytes`, already sniffed as `format`, at full size with image's decoders.
+/// Decodes `bytes`, already sniffed as `format`, at full size with image's decoders, as stored.
+/// `orientation` is the turn the caller applies next: its copy counts against the allocation limit.
 pub(super) fn decode_full(
     bytes: &[u8],
     format: ImageFormat,
     limits: &DecodeLimits,
+    orientation: Orientation,
 ) -> Result<RgbImage, PreprocessError> {
     // The decoders are third-party parsers fed with hostile input: should one of
     // them panic, the request fails rather than the worker running it.
-    catch_unwind(AssertUnwindSafe(|| decode_as(bytes, format, limits))).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| {
+        decode_as(bytes, format, limits, orientation)
+    }))
+    .unwrap_or_else(|_| {
         Err(PreprocessError::Corrupt(format!(
             "the {} decoder failed",
             format_name(format)
@@ -100,11 +108,9 @@ fn decode_as(
     bytes: &[u8],
     format: ImageFormat,
     limits: &DecodeLimits,
+    orientation: Orientation,
 ) -> Result<RgbImage, PreprocessError> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_alloc_bytes);
-    reader.limits(image_limits);
+    let reader = reader(bytes, format, limits);
     // Building the decoder parses only the header, so both size checks below
     // happen before any pixel buffer exists.
     let decoder = reader.into_decoder().map_err(|e| corrupt(e, limits))?;
@@ -122,17 +128,34 @@ fn decode_as(
         )));
     }
     // The decoder counts only its own scratch buffers against the limit, so the
-    // decoded image, and the RGB copy `into_rgb8` may make of it, are checked here.
+    // decoded image, and the RGB copy `into_rgb8` may make of it, are checked here;
+    // the decoded image is gone by the time the RGB one is turned.
+    let rgb = u64::from(width) * u64::from(height) * 3;
     let rgb_copy = if decoder.color_type() == ColorType::Rgb8 {
         0
     } else {
-        u64::from(width) * u64::from(height) * 3
+        rgb
     };
-    if decoder.total_bytes().saturating_add(rgb_copy) > limits.max_alloc_bytes {
+    let decoding = decoder.total_bytes().saturating_add(rgb_copy);
+    let turning = rgb + orientation::copy_bytes(orientation, width, height);
+    if decoding.max(turning) > limits.max_alloc_bytes {
         return Err(alloc_limit_hit(limits));
     }
     let decoded = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(e, limits))?;
     Ok(into_rgb8(decoded))
+}
+
+/// An image reader for `bytes` whose decoder may allocate `limits.max_alloc_bytes` at most.
+pub(super) fn reader<'a>(
+    bytes: &'a [u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> ImageReader<Cursor<&'a [u8]>> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(image_limits);
+    reader
 }
 
 fn corrupt(error: ImageError, limits: &DecodeLimits) -> PreprocessError {

@@ -11,10 +11,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use image::metadata::Orientation;
 use image::RgbImage;
 use jpeg_decoder::{CodingProcess, Decoder, ImageInfo, PixelFormat};
 
 use super::decode::{alloc_limit_hit, pack_rgb, DecodeLimits, PreprocessError};
+use super::orientation;
 use super::resize::SIDE;
 
 /// Only JPEGs larger than this in both axes are decoded scaled: below it not even 1/2 scale
@@ -29,15 +31,24 @@ pub const MIN_SIDE: u32 = 2 * SIDE as u32;
 /// jpeg-decoder refuses or panics on, so that errors (and what zune-jpeg's leniency accepts) stay
 /// what the full decode says. The pixel limit is checked from the header and the allocation limit
 /// against the scaled output before any pixel is decoded; those give the usual errors.
+///
+/// The output is as stored; `orientation` is the turn the caller applies next, whose copy counts
+/// against the allocation limit. Turning does not change the shorter side, so the turned image
+/// keeps both sides at least `SIDE` too.
 pub fn decode_scaled(
     bytes: &[u8],
     limits: &DecodeLimits,
+    orientation: Orientation,
 ) -> Result<Option<RgbImage>, PreprocessError> {
     // A third-party parser fed with hostile input: a panic means "let the full decode answer".
-    catch_unwind(AssertUnwindSafe(|| decode(bytes, limits))).unwrap_or(Ok(None))
+    catch_unwind(AssertUnwindSafe(|| decode(bytes, limits, orientation))).unwrap_or(Ok(None))
 }
 
-fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, PreprocessError> {
+fn decode(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    orientation: Orientation,
+) -> Result<Option<RgbImage>, PreprocessError> {
     let mut decoder = Decoder::new(bytes);
     // Reads up to the frame header only.
     let Some(info) = decoder.read_info().ok().and(decoder.info()) else {
@@ -71,8 +82,8 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
         return Ok(None);
     };
     let (scaled_w, scaled_h) = (u32::from(scaled_w), u32::from(scaled_h));
-    let scaled_pixels = u64::from(scaled_w) * u64::from(scaled_h);
-    if scaled_allocation(&info, scaled_pixels, channels) > limits.max_alloc_bytes {
+    let scaled = (scaled_w, scaled_h);
+    if scaled_allocation(&info, scaled, channels, orientation) > limits.max_alloc_bytes {
         return Err(alloc_limit_hit(limits));
     }
     decoder.set_max_decoding_buffer_size(
@@ -81,7 +92,7 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
     let Ok(pixels) = decoder.decode() else {
         return Ok(None);
     };
-    if pixels.len() as u64 != scaled_pixels * channels
+    if pixels.len() as u64 != u64::from(scaled_w) * u64::from(scaled_h) * channels
         || scaled_w < SIDE as u32
         || scaled_h < SIDE as u32
     {
@@ -94,10 +105,18 @@ fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<RgbImage>, Prepr
     }))
 }
 
-/// Bytes a scaled decode allocates: its output of `scaled_pixels` samples of `channels` bytes,
-/// the RGB copy of a grey one, and for a progressive JPEG every DCT coefficient (an i16 per
-/// sample), which it keeps until its last scan.
-fn scaled_allocation(info: &ImageInfo, scaled_pixels: u64, channels: u64) -> u64 {
+/// Bytes a scaled decode to `(width, height)` allocates at its peak: its output of `channels`
+/// bytes a pixel, the RGB copy of a grey one, and for a progressive JPEG every DCT coefficient
+/// (an i16 per sample), which it keeps until its last scan; or, if more, the RGB image and the
+/// copy turning it by `orientation` makes.
+fn scaled_allocation(
+    info: &ImageInfo,
+    (width, height): (u32, u32),
+    channels: u64,
+    orientation: Orientation,
+) -> u64 {
+    let scaled_pixels = u64::from(width) * u64::from(height);
+    let turning = scaled_pixels * 3 + orientation::copy_bytes(orientation, width, height);
     let output = scaled_pixels * channels;
     let rgb_copy = if channels == 3 { 0 } else { scaled_pixels * 3 };
     let coefficients = if info.coding_process == CodingProcess::DctProgressive {
@@ -108,7 +127,7 @@ fn scaled_allocation(info: &ImageInfo, scaled_pixels: u64, channels: u64) -> u64
     } else {
         0
     };
-    output + rgb_copy + coefficients
+    (output + rgb_copy + coefficients).max(turning)
 }
 
 #[cfg(test)]
@@ -123,7 +142,7 @@ mod tests {
     use image::{ImageEncoder, ImageFormat, Rgb};
 
     fn scaled(bytes: &[u8]) -> Option<RgbImage> {
-        decode_scaled(bytes, &LIMITS).unwrap()
+        decode_scaled(bytes, &LIMITS, Orientation::NoTransforms).unwrap()
     }
 
     /// Every golden JPEG, with the size it decodes to with scaling on.

@@ -8,13 +8,16 @@
 //! slightly because image's decoder (zune-jpeg) is not libjpeg-turbo.
 //!
 //! [`decode_rgb8`] makes 8-bit RGB of the bytes (`decode`, or `jpeg_scale` for large JPEGs with
-//! `--jpeg-dct-scaling`), `resize` brings it to `SIDE x SIDE`, and [`scale_into`] to floats.
+//! `--jpeg-dct-scaling`), turned upright by `orientation` with `--exif-orientation apply`,
+//! `resize` brings it to `SIDE x SIDE`, and [`scale_into`] to floats.
 mod decode;
 pub mod jpeg_scale;
+mod orientation;
 mod resize;
 #[cfg(test)]
 mod test_support;
 
+use image::metadata::Orientation;
 use image::{ImageFormat, RgbImage};
 
 pub use decode::{DecodeLimits, PreprocessError};
@@ -30,6 +33,9 @@ pub struct PreprocessOptions {
     /// IDCT before the resize: less work on large photos, but the pixels are no
     /// longer Pillow's. Off by default.
     pub jpeg_dct_scaling: bool,
+    /// Turn JPEG, PNG and WebP images upright by their EXIF orientation before the resize. Off by
+    /// default: Keras `load_img`, which the reference follows, ignores the tag.
+    pub apply_exif_orientation: bool,
 }
 
 /// Decodes `bytes` to 8-bit RGB.
@@ -40,7 +46,10 @@ pub struct PreprocessOptions {
 /// dropped (not blended against a background), palettes are expanded. 16-bit
 /// samples keep their high byte, as Pillow does for 16-bit RGB(A) PNGs (for
 /// 16-bit grey Pillow clips to 255 instead, a quirk not worth copying). EXIF
-/// orientation is ignored, as in the reference pipeline.
+/// orientation is ignored, as in the reference pipeline, unless
+/// `options.apply_exif_orientation`: then the image comes back as a viewer
+/// honouring the tag shows it (a damaged or missing tag counts as orientation
+/// 1), and the memory the turn takes counts against the allocation limit.
 ///
 /// With `options.jpeg_dct_scaling`, a JPEG larger than `2 * SIDE` in both axes
 /// comes back decoded at 1/2, 1/4 or 1/8 scale (never below `SIDE` on either
@@ -52,12 +61,23 @@ pub fn decode_rgb8(
     options: &PreprocessOptions,
 ) -> Result<RgbImage, PreprocessError> {
     let format = decode::sniff(bytes)?;
-    if format == ImageFormat::Jpeg && options.jpeg_dct_scaling {
-        if let Some(scaled) = jpeg_scale::decode_scaled(bytes, limits)? {
-            return Ok(scaled);
-        }
-    }
-    decode::decode_full(bytes, format, limits)
+    let orientation = if options.apply_exif_orientation {
+        orientation::read(decode::reader(bytes, format, limits))
+    } else {
+        Orientation::NoTransforms
+    };
+    // The scaled decode serves oriented JPEGs too: portrait phone photos are exactly the large
+    // JPEGs it is for, and turning its smaller output costs less than turning a full decode.
+    let scaled = if format == ImageFormat::Jpeg && options.jpeg_dct_scaling {
+        jpeg_scale::decode_scaled(bytes, limits, orientation)?
+    } else {
+        None
+    };
+    let stored = match scaled {
+        Some(scaled) => scaled,
+        None => decode::decode_full(bytes, format, limits, orientation)?,
+    };
+    Ok(orientation::apply(stored, orientation))
 }
 
 /// `x / 127.5 - 1` in f32, as the reference computes it with numpy float32.
