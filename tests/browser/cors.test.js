@@ -165,3 +165,40 @@ test('an origin that is not allowed is blocked by the browser', async () => {
   // The preflight was refused the way a browser understands: the routes' 405, no CORS headers.
   assert.match(refusing.log(), /method=OPTIONS.*status=405/);
 });
+
+/** Uploads the front origin's cat.bmp from the page: as a raw body, and as FormData. */
+function uploadFromPage(apiUrl, imageUrl) {
+  return page.evaluate(
+    async ({ apiUrl, imageUrl }) => {
+      const blob = await (await fetch(imageUrl)).blob();
+      const form = new FormData();
+      form.append('image', blob, 'cat.bmp');
+      const inits = [
+        { method: 'POST', headers: { 'Content-Type': 'image/bmp' }, body: blob },
+        { method: 'POST', body: form },
+      ];
+      const answers = [];
+      for (const init of inits) {
+        try {
+          const response = await fetch(`${apiUrl}/classify-image?top_k=3`, init);
+          answers.push({ status: response.status, body: await response.json() });
+        } catch (e) {
+          answers.push({ error: e.name });
+        }
+      }
+      return answers;
+    },
+    { apiUrl, imageUrl },
+  );
+}
+
+test('an allowed origin uploads a file (raw body and FormData); a refused one is blocked', async () => {
+  const allowed = await uploadFromPage(allowing.url, `${front}/cat.bmp`);
+  for (const got of allowed) {
+    assert.equal(got.status, 200, JSON.stringify(got));
+    assert.equal(got.body.classification, 'Egyptian_cat');
+    assert.equal(got.body.predictions.length, 3);
+  }
+  const refused = await uploadFromPage(refusing.url, `${front}/cat.bmp`);
+  assert.deepEqual(refused, [{ error: 'TypeError' }, { error: 'TypeError' }]);
+});
