@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { launch, root } from './harness.js';
+import { assertNoSidewaysScroll, launch, images, root } from './harness.js';
 
 const screenshotPath = process.env.SCREENSHOT || path.join(root, 'target/browser-test/dashboard.png');
 // Not committed: for a person to look at after a run.
@@ -56,6 +56,10 @@ test('a pasted URL shows the image, label, confidence and processing time', asyn
   assert.equal(await page.locator('#classify-error').isHidden(), true);
   await page.waitForFunction(() => document.getElementById('result-image').naturalWidth > 0);
   assert.match(await page.locator('#result-image').getAttribute('alt'), /classified as Egyptian_cat/);
+  // The form asks for the top 5: one bar each, the first the label itself.
+  const bars = await page.locator('#result-predictions li').evaluateAll((items) => items.map((li) => li.dataset.label));
+  assert.equal(bars.length, 5);
+  assert.equal(bars[0], 'Egyptian_cat');
 });
 
 test('a bad URL shows the service error message in words', async () => {
@@ -151,9 +155,8 @@ test('the dashboard table and charts follow traffic sent to the API', async () =
 test('at phone width nothing scrolls sideways and the form still works', async () => {
   await page.setViewportSize({ width: 375, height: 740 });
   try {
-    const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
-    assert.ok(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px window`);
-    for (const selector of ['#image-url', '#classify-button', '#usage-minutes']) {
+    await assertNoSidewaysScroll(page, 'before classifying');
+    for (const selector of ['#image-url', '#classify-button', '#drop-zone', '#usage-minutes']) {
       const box = await page.locator(selector).boundingBox();
       assert.ok(box && box.x >= 0 && box.x + box.width <= 375, `${selector} within the screen: ${JSON.stringify(box)}`);
     }
@@ -163,6 +166,7 @@ test('at phone width nothing scrolls sideways and the form still works', async (
     await page.waitForFunction(() => /owl\.jpg$/.test(document.getElementById('result-image').src) && !document.getElementById('classify-result').hidden, null, { timeout: 30000 });
     const { body } = await classifyDirectly(`${img}/owl.jpg`);
     assert.equal(await text('#result-label'), body.classification);
+    await assertNoSidewaysScroll(page, 'with a result and its top 5');
     mkdirSync(path.dirname(phoneShotPath), { recursive: true });
     await page.screenshot({ path: phoneShotPath, fullPage: true });
   } finally {
@@ -185,6 +189,10 @@ test('screenshot after some traffic', async () => {
   await page.waitForFunction(() => document.getElementById('result-image').complete);
   // The refresh after the classification has shown it everywhere.
   await page.waitForFunction(() => document.querySelector('#report-chart .bar-row').dataset.count === '5');
+  // Then a file of one's own: its preview, its top 5, and its row in the table.
+  await page.locator('#image-file').setInputFiles(path.join(images, 'hot_dog.jpg'));
+  await page.locator('#result-label').filter({ hasText: 'hotdog' }).waitFor({ timeout: 30000 });
+  await page.waitForFunction(() => document.getElementById('result-image').complete && document.querySelector('#report-table td.upload'));
   mkdirSync(path.dirname(screenshotPath), { recursive: true });
   await page.screenshot({ path: screenshotPath, fullPage: true });
 });

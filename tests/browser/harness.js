@@ -120,7 +120,7 @@ export async function launch() {
   });
   page.on('request', (r) => {
     const url = r.url();
-    const own = [api, img, 'data:'].some((prefix) => url.startsWith(prefix));
+    const own = [api, img, 'data:', `blob:${api}`].some((prefix) => url.startsWith(prefix));
     if (!own) foreignRequests.push(url);
   });
   await page.goto(`${api}/?refresh=1`);
@@ -149,3 +149,8 @@ export async function launch() {
   return { api, img, page, problems, foreignRequests, classifyDirectly, getJson, close };
 }
 
+/** The page fits its window's width: nothing to scroll sideways (phone width, say). */
+export async function assertNoSidewaysScroll(page, when) {
+  const [pageWidth, windowWidth] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert.ok(pageWidth <= windowWidth, `${when}: the page is ${pageWidth} px wide in a ${windowWidth} px window`);
+}
