@@ -3,7 +3,7 @@
 //! `top(10)` and prints the redb file size. With `BENCH_DATA_DIR` set, the filled store is left
 //! there for scripts/bench.sh to serve over HTTP.
 use classifier_api::clock::SystemClock;
-use classifier_api::domain::ImageUrl;
+use classifier_api::domain::{ImageUrl, Subject};
 use classifier_api::localdb::LocalDb;
 use classifier_api::storage::{self, BackendKind, StorageConfig};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn main() {
         let stats = storage.stats().clone();
         let fill = Instant::now();
         for i in 0..n {
-            let url = ImageUrl::parse(&format!("http://images.example/{i:07}.jpg")).unwrap();
+            let url = Subject::Url(ImageUrl::parse(&format!("http://images.example/{i:07}.jpg")).unwrap());
             // A few popular URLs, so the top 10 is not decided by ties alone.
             let repeats = if i % 100_000 == 0 { 5 + i / 100_000 } else { 1 };
             for r in 0..repeats {

@@ -1,11 +1,44 @@
 //! Validated request values and the classification result ("parse, don't validate").
+use std::sync::Arc;
+
 use url::Url;
 
-/// What the model said about one image: the top-1 label and its softmax probability.
+/// The most predictions an answer can list (`top_k`), and so the most a cached result keeps.
+pub const MAX_TOP_K: usize = 20;
+
+/// What the model said about one image: the top-1 label and its softmax probability, and the
+/// next most likely classes (up to [`MAX_TOP_K`] in all), highest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {
     pub label: String,
     pub confidence: f32,
+    /// Ranks 2.., shared: a cached result is cloned on every hit.
+    pub runners_up: Arc<[Prediction]>,
+}
+
+/// One class and its softmax probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub label: Arc<str>,
+    pub confidence: f32,
+}
+
+impl Classification {
+    /// A result with no runners-up (what a one-class answer or an old cache entry holds).
+    pub fn top1(label: impl Into<String>, confidence: f32) -> Self {
+        Self {
+            label: label.into(),
+            confidence,
+            runners_up: Arc::from([]),
+        }
+    }
+
+    /// The `k` most likely classes, highest first, the first being the top-1 pair.
+    pub fn predictions(&self, k: usize) -> impl Iterator<Item = (&str, f32)> {
+        std::iter::once((self.label.as_str(), self.confidence))
+            .chain(self.runners_up.iter().map(|p| (&*p.label, p.confidence)))
+            .take(k)
+    }
 }
 
 /// Why a string is not an image URL we will fetch.
@@ -63,34 +96,142 @@ impl std::fmt::Display for ImageUrl {
     }
 }
 
+/// The SHA-256 of an image's bytes. Every classified image is cached under it too, so the same
+/// bytes behind many URLs, or uploaded again, cost one inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentHash([u8; 32]);
+
+/// Storage keys of content hashes start with this; URL keys cannot (they are http(s) URLs).
+const CONTENT_KEY_PREFIX: &str = "sha256:";
+
+impl ContentHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The key of this content in the cache and, for uploads, in the statistics.
+    pub fn key(&self) -> String {
+        format!("{CONTENT_KEY_PREFIX}{}", self.hex())
+    }
+}
+
+/// What a request classified, as the statistics and `/report` count it: a URL (by its normalized
+/// form), or uploaded bytes (by their hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Url(ImageUrl),
+    Upload(ContentHash),
+}
+
+impl Subject {
+    /// The statistics key: the normalized URL, or the content key.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Url(url) => url.as_str().to_owned(),
+            Self::Upload(hash) => hash.key(),
+        }
+    }
+}
+
 /// The answer's wire form, which clients parse as openapi.yaml documents it (so it must not change
 /// shape): every value is a string, confidence and seconds with 3 decimals
-/// (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`).
+/// (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`). `predictions`
+/// is there only when the request asked for `top_k`.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ClassifyResponse {
     pub classification: String,
     pub confidence: String,
     pub processing_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<PredictionResponse>>,
+}
+
+/// One entry of `predictions`, in the same string form as the top-level pair.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PredictionResponse {
+    pub classification: String,
+    pub confidence: String,
+}
+
+fn confidence_text(confidence: f32) -> String {
+    format!("{confidence:.3}")
 }
 
 impl ClassifyResponse {
-    pub fn new(classification: &Classification, processing_time: std::time::Duration) -> Self {
+    pub fn new(
+        classification: &Classification,
+        processing_time: std::time::Duration,
+        top_k: Option<TopK>,
+    ) -> Self {
         Self {
             classification: classification.label.clone(),
-            confidence: format!("{:.3}", classification.confidence),
+            confidence: confidence_text(classification.confidence),
             processing_time: format!("{:.3}", processing_time.as_secs_f64()),
+            predictions: top_k.map(|k| {
+                classification
+                    .predictions(k.get())
+                    .map(|(label, confidence)| PredictionResponse {
+                        classification: label.to_owned(),
+                        confidence: confidence_text(confidence),
+                    })
+                    .collect()
+            }),
         }
     }
 }
 
-/// One row of `/report`: a URL and its processing times in seconds.
+/// How many predictions a request asked for: 1 to [`MAX_TOP_K`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopK(usize);
+
+impl TopK {
+    pub fn new(k: u64) -> Result<Self, String> {
+        match usize::try_from(k) {
+            Ok(k @ 1..=MAX_TOP_K) => Ok(Self(k)),
+            _ => Err(format!(
+                "top_k must be an integer from 1 to {MAX_TOP_K}, not {k}"
+            )),
+        }
+    }
+
+    /// Parses the text form (`?top_k=5`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let k = text
+            .parse::<u64>()
+            .map_err(|_| format!("top_k must be an integer from 1 to {MAX_TOP_K}, not {text:?}"))?;
+        Self::new(k)
+    }
+
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// One row of `/report`: what was classified and its processing times in seconds. A URL row has
+/// `image_url`; an upload row has `"image_url": null` and `upload_sha256` (the hex SHA-256 of the
+/// bytes), so URL rows look as they always did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UrlStats {
-    pub image_url: String,
+    pub image_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_sha256: Option<String>,
     pub count: u64,
     pub min_processing_time: f64,
     pub max_processing_time: f64,
     pub avg_processing_time: f64,
+}
+
+/// A statistics key as a report row names it: `(image_url, upload_sha256)`.
+pub fn report_subject(key: &str) -> (Option<String>, Option<String>) {
+    match key.strip_prefix(CONTENT_KEY_PREFIX) {
+        Some(hex) => (None, Some(hex.to_owned())),
+        None => (Some(key.to_owned()), None),
+    }
 }
 
 /// Aggregates over every recorded request. All times are 0 when nothing was recorded (JSON has no
@@ -106,6 +247,50 @@ pub struct Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_keys_never_collide_with_url_keys() {
+        let hash = ContentHash::of(b"GIF89a");
+        assert_eq!(hash.hex().len(), 64);
+        assert_eq!(
+            report_subject(&Subject::Upload(hash).key()),
+            (None, Some(hash.hex()))
+        );
+        let url = ImageUrl::parse("http://a.com/sha256:x").unwrap();
+        assert_eq!(
+            report_subject(&Subject::Url(url).key()),
+            (Some("http://a.com/sha256:x".to_owned()), None)
+        );
+    }
+
+    #[test]
+    fn top_k_is_one_to_twenty() {
+        assert!(TopK::new(0).is_err());
+        assert_eq!(TopK::new(20).unwrap().get(), 20);
+        assert!(TopK::new(21).is_err());
+        assert_eq!(TopK::parse("5").unwrap().get(), 5);
+        assert!(TopK::parse("x").is_err());
+        assert!(TopK::parse("-1").is_err());
+    }
+
+    #[test]
+    fn predictions_start_with_the_top_pair_and_stop_at_k() {
+        let c = Classification {
+            label: "tabby".into(),
+            confidence: 0.5,
+            runners_up: Arc::from([Prediction {
+                label: "tiger cat".into(),
+                confidence: 0.25,
+            }]),
+        };
+        let all: Vec<_> = c.predictions(5).collect();
+        assert_eq!(all, [("tabby", 0.5), ("tiger cat", 0.25)]);
+        assert_eq!(c.predictions(1).count(), 1);
+        let body = ClassifyResponse::new(&c, std::time::Duration::ZERO, None);
+        assert_eq!(body.predictions, None);
+        let body = ClassifyResponse::new(&c, std::time::Duration::ZERO, TopK::new(2).ok());
+        assert_eq!(body.predictions.unwrap()[1].confidence, "0.250");
+    }
 
     #[test]
     fn normalizes_case_default_port_and_fragment() {

@@ -22,7 +22,10 @@ pub enum ApiError {
     ImageTooLarge(String),
     #[error("the request body is larger than {0} bytes")]
     RequestTooLarge(u64),
-    #[error("the request body must be JSON (Content-Type: application/json)")]
+    #[error(
+        "Content-Type must be application/json, multipart/form-data, \
+         image/jpeg|png|gif|webp|bmp or application/octet-stream"
+    )]
     UnsupportedMediaType,
     #[error("{0}")]
     UnsupportedImage(String),

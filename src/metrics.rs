@@ -11,6 +11,7 @@ pub const INFERENCE_SECONDS: &str = "classifier_inference_seconds";
 pub const INFERENCE_BATCH: &str = "classifier_inference_batch_size";
 pub const INFERENCE_QUEUE: &str = "classifier_inference_queue_depth";
 pub const CACHE_LOOKUPS: &str = "classifier_cache_lookups_total";
+pub const CONTENT_LOOKUPS: &str = "classifier_content_cache_lookups_total";
 pub const CACHE_EXPIRED: &str = "classifier_cache_expired_total";
 pub const LOGIN_FAILURES: &str = "classifier_login_failures_total";
 pub const ES_OUTBOX_DEPTH: &str = "classifier_es_outbox_depth";
@@ -72,6 +73,10 @@ fn describe() {
     describe_counter!(
         CACHE_LOOKUPS,
         "classifications by outcome: fresh (miss), memory_hit, disk_hit, joined (single flight)"
+    );
+    describe_counter!(
+        CONTENT_LOOKUPS,
+        "lookups by content hash (uploads, and downloads that missed the URL cache) by outcome"
     );
     describe_counter!(CACHE_EXPIRED, "cache entries found expired on read");
     describe_counter!(LOGIN_FAILURES, "failed POST /token by reason");

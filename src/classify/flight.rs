@@ -317,10 +317,7 @@ mod tests {
     }
 
     fn cat() -> Classification {
-        Classification {
-            label: "tabby cat".into(),
-            confidence: 0.875,
-        }
+        Classification::top1("tabby cat", 0.875)
     }
 
     type Compute = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send>;
@@ -490,6 +487,7 @@ mod tests {
         let entry = CachedResult {
             label: "computed elsewhere".into(),
             confidence: 0.5,
+            runners_up: Arc::from([]),
             expires_at_ms: u64::MAX,
         };
         backend.put("k", entry).await.unwrap();

@@ -11,4 +11,4 @@ pub mod pipeline;
 mod service;
 
 pub use flight::{CacheOutcome, SingleFlight};
-pub use service::{Answer, ClassifyService};
+pub use service::{Admission, Answer, ClassifyService};

@@ -22,11 +22,16 @@ pub struct Pipeline {
 impl Pipeline {
     #[tracing::instrument(name = "classify_url", skip(self), fields(url = %url))]
     pub async fn classify_url(&self, url: &ImageUrl) -> Result<Classification, ApiError> {
+        let bytes = self.download(url).await?;
+        self.classify_bytes(bytes).await
+    }
+
+    pub async fn download(&self, url: &ImageUrl) -> Result<Bytes, ApiError> {
         let started = Instant::now();
         let bytes = self.fetcher.fetch(url).await?;
         metrics::histogram!(metrics_names::DOWNLOAD_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        self.classify_bytes(bytes).await
+        Ok(bytes)
     }
 
     pub async fn classify_bytes(&self, bytes: Bytes) -> Result<Classification, ApiError> {

@@ -1,13 +1,19 @@
-//! The classify use case: admission, the cache with single flight, the pipeline on a miss, then
-//! the request's place in the statistics and the history.
+//! The classify use case: admission, the cache with single flight (by URL, then by content), the
+//! pipeline on a miss, then the request's place in the statistics and the history.
+//!
+//! Every image is cached under its content hash as well as its URL: a URL that misses downloads,
+//! hashes, and finds the result by hash if those bytes were classified before (under another URL
+//! or uploaded). Uploads go straight to the content level. Both levels are single flights, so
+//! concurrent requests for one URL, or for the same bytes, cause one inference.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::flight::SingleFlight;
+use super::flight::{CacheOutcome, SingleFlight};
 use super::pipeline::Pipeline;
-use crate::domain::{Classification, ImageUrl};
+use crate::domain::{Classification, ContentHash, ImageUrl, Subject};
 use crate::error::ApiError;
 use crate::history::History;
 use crate::storage::Stats;
@@ -16,6 +22,12 @@ use crate::storage::Stats;
 pub struct Answer {
     pub classification: Classification,
     pub processing_time: Duration,
+}
+
+/// A request's place under `--max-concurrent-requests`, held from before its body is read (an
+/// upload's bytes are buffered under it, so their memory is bounded too) to its answer.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Handle to the classify service. Cheap to clone.
@@ -47,28 +59,97 @@ impl ClassifyService {
         }
     }
 
-    /// Cached or fresh (one download per URL however many ask at once); counted in the stats and
-    /// the history only when it succeeds.
-    pub async fn classify(&self, url: &ImageUrl, arrived: Instant) -> Result<Answer, ApiError> {
-        let _permit = self
-            .permits
-            .try_acquire()
-            .map_err(|_| ApiError::Overloaded)?;
-        let pipeline = self.pipeline.clone();
-        let key = url.clone();
+    /// The largest image accepted, downloaded or uploaded (`--max-image-bytes`).
+    pub fn max_image_bytes(&self) -> u64 {
+        self.pipeline.fetcher.max_bytes()
+    }
+
+    /// A place for one request, or `503 overloaded` at once.
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map(|permit| Admission { _permit: permit })
+            .map_err(|_| ApiError::Overloaded)
+    }
+
+    /// Cached by URL, else downloaded and classified by content (one download per URL however
+    /// many ask at once). Counted under the URL, and only when it succeeds.
+    pub async fn classify_url(
+        &self,
+        _admitted: &Admission,
+        url: &ImageUrl,
+        arrived: Instant,
+    ) -> Result<Answer, ApiError> {
+        let (pipeline, flight, key) = (self.pipeline.clone(), self.flight.clone(), url.clone());
         let (classification, outcome) = self
             .flight
             .get_or_compute(url.as_str(), move || async move {
-                pipeline.classify_url(&key).await
+                let bytes = pipeline.download(&key).await?;
+                let hash = content_hash(&bytes).await?;
+                by_content(&flight, &pipeline, hash, bytes)
+                    .await
+                    .map(|(c, _)| c)
             })
             .await?;
+        Ok(self.finish(Subject::Url(url.clone()), classification, outcome, arrived))
+    }
+
+    /// Uploaded bytes, by their content hash. Counted under the hash, and only when it succeeds.
+    pub async fn classify_upload(
+        &self,
+        _admitted: &Admission,
+        bytes: Bytes,
+        arrived: Instant,
+    ) -> Result<Answer, ApiError> {
+        let hash = content_hash(&bytes).await?;
+        let (classification, outcome) =
+            by_content(&self.flight, &self.pipeline, hash, bytes).await?;
+        Ok(self.finish(Subject::Upload(hash), classification, outcome, arrived))
+    }
+
+    fn finish(
+        &self,
+        subject: Subject,
+        classification: Classification,
+        outcome: CacheOutcome,
+        arrived: Instant,
+    ) -> Answer {
         let processing_time = arrived.elapsed();
         metrics::counter!(crate::metrics::CACHE_LOOKUPS, "outcome" => outcome.label()).increment(1);
-        self.stats.record(url, processing_time);
+        self.stats.record(&subject, processing_time);
         self.history.record(processing_time);
-        Ok(Answer {
+        Answer {
             classification,
             processing_time,
-        })
+        }
     }
+}
+
+/// The cached classification of these bytes, or the pipeline's (one inference per content).
+async fn by_content(
+    flight: &SingleFlight,
+    pipeline: &Pipeline,
+    hash: ContentHash,
+    bytes: Bytes,
+) -> Result<(Classification, CacheOutcome), ApiError> {
+    let pipeline = pipeline.clone();
+    let found = flight
+        .get_or_compute(&hash.key(), move || async move {
+            pipeline.classify_bytes(bytes).await
+        })
+        .await?;
+    metrics::counter!(crate::metrics::CONTENT_LOOKUPS, "outcome" => found.1.label()).increment(1);
+    Ok(found)
+}
+
+/// SHA-256 runs at a few hundred MB/s: tens of milliseconds for a large image, so off tokio's
+/// workers like decoding.
+async fn content_hash(bytes: &Bytes) -> Result<ContentHash, ApiError> {
+    let bytes = bytes.clone();
+    tokio::task::spawn_blocking(move || ContentHash::of(&bytes))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "hashing task failed");
+            ApiError::Internal
+        })
 }

@@ -27,7 +27,7 @@ pub async fn run(settings: Settings, target: &str) -> anyhow::Result<ExitCode> {
         Ok(c) => {
             println!(
                 "{}",
-                serde_json::to_string(&ClassifyResponse::new(&c, started.elapsed()))?
+                serde_json::to_string(&ClassifyResponse::new(&c, started.elapsed(), None))?
             );
             Ok(ExitCode::SUCCESS)
         }

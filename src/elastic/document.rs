@@ -117,14 +117,16 @@ mod tests {
     fn document_has_report_fields_and_flat_numbers() {
         let entries = vec![
             UrlStats {
-                image_url: "http://img/a.jpg".into(),
+                image_url: Some("http://img/a.jpg".into()),
+                upload_sha256: None,
                 count: 3,
                 min_processing_time: 0.25,
                 max_processing_time: 1.5,
                 avg_processing_time: 0.75,
             },
             UrlStats {
-                image_url: "http://img/b.jpg".into(),
+                image_url: Some("http://img/b.jpg".into()),
+                upload_sha256: None,
                 count: 2,
                 min_processing_time: 0.125,
                 max_processing_time: 2.0,

@@ -29,7 +29,8 @@ async fn open_store(dir: &std::path::Path) -> LocalDb {
 fn entries(n: u64) -> Vec<UrlStats> {
     (0..n)
         .map(|i| UrlStats {
-            image_url: format!("http://img.example/{i}.jpg"),
+            image_url: Some(format!("http://img.example/{i}.jpg")),
+            upload_sha256: None,
             count: 10 - i,
             min_processing_time: 0.1,
             max_processing_time: 0.9,

@@ -71,6 +71,14 @@ fn header_text(
     })
 }
 
+/// The raw query string, if any (`warp::query::raw` rejects a request that has none).
+fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
 /// GET, and HEAD with the same headers and no body (hyper drops it), as HTTP requires.
 fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Copy {
     warp::get().or(warp::head()).unify()

@@ -348,7 +348,7 @@ mod tests {
             // A redb file with our table name but other types.
             let db = Database::create(tmp.path().join(LocalDb::FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(TableDefinition::<u64, u64>::new("cache_v1"))
+            txn.open_table(TableDefinition::<u64, u64>::new("url_stats_v1"))
                 .unwrap();
             txn.commit().unwrap();
         }

@@ -22,8 +22,13 @@
 //! scans every URL: both read a prefix of an ordered index instead.
 use redb::{TableDefinition, WriteTransaction};
 
-/// Normalized URL → (label, confidence, absolute expiry in unix millis).
-pub(crate) const CACHE: TableDefinition<&str, (&str, f32, u64)> = TableDefinition::new("cache_v1");
+/// Cache key (normalized URL or content key) → (label, confidence, absolute expiry in unix millis,
+/// the runners-up as (label, confidence), highest first).
+pub(crate) const CACHE: TableDefinition<&str, CacheRow> = TableDefinition::new("cache_v2");
+pub(crate) type CacheRow = (&'static str, f32, u64, Vec<(&'static str, f32)>);
+/// The previous cache, top-1 only. Dropped at open (with its expiry index): its entries cannot
+/// answer `top_k`, and recomputing each at most once is cheaper than serving a short list.
+const CACHE_V1: TableDefinition<&str, (&str, f32, u64)> = TableDefinition::new("cache_v1");
 /// (expiry in unix millis, URL) → (). Ordered by expiry, so the purge reads only the expired prefix.
 pub(crate) const CACHE_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("cache_expiry_v1");
@@ -68,6 +73,9 @@ pub(crate) const NEXT_SEQ: &str = "next_seq";
 /// Opens (so creates) every table. Doing it once at open means readers never meet a missing
 /// table, and a type mismatch surfaces at startup rather than mid-request.
 pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    if txn.delete_table(CACHE_V1)? {
+        txn.delete_table(CACHE_EXPIRY)?;
+    }
     txn.open_table(CACHE)?;
     txn.open_table(CACHE_EXPIRY)?;
     txn.open_table(URL_STATS)?;

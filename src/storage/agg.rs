@@ -2,7 +2,7 @@
 //! a replica hands its statistics backend.
 use std::collections::HashMap;
 
-use crate::domain::{Totals, UrlStats};
+use crate::domain::{report_subject, Totals, UrlStats};
 
 /// Count, min, max and sum of processing times (seconds). Merging is associative and commutative,
 /// which is what lets batches be combined, retried and added to stored rows in any order.
@@ -56,10 +56,13 @@ impl Agg {
         }
     }
 
-    pub fn url_stats(&self, image_url: String) -> UrlStats {
+    /// The report row of the statistics key `key` (a URL, or an upload's content key).
+    pub fn url_stats(&self, key: &str) -> UrlStats {
         let t = self.totals();
+        let (image_url, upload_sha256) = report_subject(key);
         UrlStats {
             image_url,
+            upload_sha256,
             count: t.count,
             min_processing_time: t.min_processing_time,
             max_processing_time: t.max_processing_time,
@@ -128,6 +131,6 @@ mod tests {
         assert_eq!(batch.requests, 4);
         assert_eq!(batch.totals.unwrap().totals().avg_processing_time, 0.59375);
         assert_eq!(Agg::EMPTY.totals().min_processing_time, 0.0);
-        assert_eq!(Agg::EMPTY.url_stats("x".into()).max_processing_time, 0.0);
+        assert_eq!(Agg::EMPTY.url_stats("x").max_processing_time, 0.0);
     }
 }

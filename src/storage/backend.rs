@@ -13,15 +13,18 @@ use tokio::task::JoinHandle;
 
 use super::agg::{Agg, StatsBatch};
 use super::{StorageConfig, StorageError};
+use crate::domain::Prediction;
 
 /// A cached classification with its absolute expiry. Expiry is judged by the caller's clock
 /// against `expires_at_ms` (never by a store's own TTL, which is at most garbage collection), so
 /// every reader expires an entry at the same moment and an injected clock drives tests.
-/// `Arc<str>`: the memory tier hands out a clone on every hit.
+/// `Arc`s: the memory tier hands out a clone on every hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedResult {
     pub label: Arc<str>,
     pub confidence: f32,
+    /// The next classes, highest first (see `Classification::runners_up`).
+    pub runners_up: Arc<[Prediction]>,
     pub expires_at_ms: u64,
 }
 

@@ -50,6 +50,7 @@ fn classification(entry: &CachedResult) -> Classification {
     Classification {
         label: entry.label.to_string(),
         confidence: entry.confidence,
+        runners_up: Arc::clone(&entry.runners_up),
     }
 }
 
@@ -110,6 +111,7 @@ impl<B: CacheStore> ResultCache<B> {
         let entry = CachedResult {
             label: Arc::from(result.label.as_str()),
             confidence: result.confidence,
+            runners_up: Arc::clone(&result.runners_up),
             expires_at_ms: self.now_ms().saturating_add(self.inner.ttl_ms),
         };
         self.inner.memory.insert(key.to_owned(), entry.clone());

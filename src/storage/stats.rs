@@ -13,7 +13,7 @@ use super::backend::StatsStore;
 use super::batcher::Batcher;
 use super::dispatch::Backend;
 use super::StorageError;
-use crate::domain::{ImageUrl, Totals, UrlStats};
+use crate::domain::{Subject, Totals, UrlStats};
 
 /// Handle to the statistics. Cheap to clone.
 pub struct Stats<B = Backend> {
@@ -41,11 +41,11 @@ impl<B: StatsStore> Stats<B> {
         Self { backend, batcher }
     }
 
-    /// Records one successful classification request (fresh or cached) of `url` that took
+    /// Records one successful classification request (fresh or cached) of `subject` that took
     /// `processing_time`. Non-blocking.
-    pub fn record(&self, url: &ImageUrl, processing_time: Duration) {
+    pub fn record(&self, subject: &Subject, processing_time: Duration) {
         self.batcher
-            .record(url.as_str(), processing_time.as_secs_f64());
+            .record(&subject.key(), processing_time.as_secs_f64());
     }
 
     /// The `n` most requested URLs, by count descending then URL ascending.
@@ -75,7 +75,7 @@ impl<B: StatsStore> Stats<B> {
         rows.truncate(n);
         Ok(rows
             .into_iter()
-            .map(|(url, agg)| agg.url_stats(url))
+            .map(|(key, agg)| agg.url_stats(&key))
             .collect())
     }
 

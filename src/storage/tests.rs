@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::domain::{Classification, ImageUrl};
+use crate::domain::{Classification, ImageUrl, Prediction, Subject};
 use crate::localdb::schema::{CACHE, CACHE_EXPIRY, URL_STATS, URL_STATS_BY_COUNT};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -30,8 +30,8 @@ fn on_redb(dir: &Path, clock: Arc<dyn Clock>) -> RedbBackend {
     RedbBackend::new(LocalDb::open(dir).unwrap(), clock)
 }
 
-fn url(s: &str) -> ImageUrl {
-    ImageUrl::parse(s).unwrap()
+fn url(s: &str) -> Subject {
+    Subject::Url(ImageUrl::parse(s).unwrap())
 }
 
 fn ms(n: u64) -> Duration {
@@ -42,6 +42,10 @@ fn cat() -> Classification {
     Classification {
         label: "tabby cat".into(),
         confidence: 0.875,
+        runners_up: Arc::from([Prediction {
+            label: "tiger cat".into(),
+            confidence: 0.125,
+        }]),
     }
 }
 
@@ -181,6 +185,7 @@ async fn promotion_keeps_expiry<B: StorageBackend>(make: Make<B>) {
     let entry = CachedResult {
         label: "old".into(),
         confidence: 0.5,
+        runners_up: Arc::from([]),
         expires_at_ms,
     };
     h.storage.backend().put("k", entry.clone()).await.unwrap();
@@ -214,7 +219,7 @@ async fn ties_order_by_url_and_top_is_limited<B: StorageBackend>(make: Make<B>) 
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.image_url, r.count))
+        .map(|r| (r.image_url.unwrap(), r.count))
         .collect();
     let want: Vec<(String, u64)> = [
         ("http://a/tie", 12),
@@ -250,8 +255,8 @@ async fn min_max_avg_and_totals_are_exact<B: StorageBackend>(make: Make<B>) {
     h.storage.flush().await.unwrap();
     stats.record(&b, ms(2000));
     let top = stats.top(10).await.unwrap();
-    assert_eq!(top[0], agg(&[0.25, 0.5, 1.5]).url_stats(a.to_string()));
-    assert_eq!(top[1], agg(&[0.125, 2.0]).url_stats(b.to_string()));
+    assert_eq!(top[0], agg(&[0.25, 0.5, 1.5]).url_stats(&a.key()));
+    assert_eq!(top[1], agg(&[0.125, 2.0]).url_stats(&b.key()));
     assert_eq!(
         (top[0].avg_processing_time, top[1].avg_processing_time),
         (0.75, 1.0625)
@@ -301,12 +306,12 @@ async fn reads_see_unapplied_requests<B: StorageBackend>(make: Make<B>) {
     }
     let top = stats.top(2).await.unwrap();
     assert_eq!(
-        (top[0].image_url.as_str(), top[0].count),
-        ("http://x/pending", 13)
+        (top[0].image_url.as_deref(), top[0].count),
+        (Some("http://x/pending"), 13)
     );
     assert_eq!(
-        (top[1].image_url.as_str(), top[1].count),
-        ("http://x/new", 10)
+        (top[1].image_url.as_deref(), top[1].count),
+        (Some("http://x/new"), 10)
     );
     h.storage.shutdown().await.unwrap();
 }
@@ -689,9 +694,10 @@ async fn requests_after_shutdown_are_refused_not_hung() {
 }
 
 /// A file written by the previous version (same table names and types, spelled out here rather
-/// than taken from `schema`, so a rename there fails this test) opens with its data.
+/// than taken from `schema`, so a rename there fails this test) opens with its statistics; its
+/// top-1-only cached results are dropped (they could not answer `top_k`) and computed again.
 #[tokio::test]
-async fn a_file_from_the_previous_version_opens_with_its_data() {
+async fn a_file_from_the_previous_version_opens_with_its_statistics() {
     use ::redb::TableDefinition;
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
@@ -702,6 +708,10 @@ async fn a_file_from_the_previous_version_opens_with_its_data() {
         txn.open_table(TableDefinition::<&str, (&str, f32, u64)>::new("cache_v1"))
             .unwrap()
             .insert("http://old/cat.jpg", ("tabby", 0.5f32, expires))
+            .unwrap();
+        txn.open_table(TableDefinition::<(u64, &str), ()>::new("cache_expiry_v1"))
+            .unwrap()
+            .insert((expires, "http://old/cat.jpg"), ())
             .unwrap();
         txn.open_table(TableDefinition::<&str, (u64, f64, f64, f64)>::new(
             "url_stats_v1",
@@ -731,12 +741,10 @@ async fn a_file_from_the_previous_version_opens_with_its_data() {
     let storage = Storage::start(on_redb(dir.path(), clock.clone()), clock, config())
         .await
         .unwrap();
-    let hit = storage
-        .cache()
-        .backend_get("http://old/cat.jpg")
-        .await
-        .unwrap();
-    assert_eq!((hit.label.as_str(), hit.confidence), ("tabby", 0.5));
+    assert_eq!(
+        storage.cache().backend_get("http://old/cat.jpg").await,
+        None
+    );
     storage.stats().record(&url("http://old/cat.jpg"), ms(500));
     storage.flush().await.unwrap();
     let top = storage.stats().top(10).await.unwrap();

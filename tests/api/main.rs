@@ -13,3 +13,4 @@ mod process;
 mod report;
 mod secret;
 mod ssrf;
+mod upload;

@@ -134,6 +134,11 @@ impl Fetcher {
         Ok(Self { client, cfg })
     }
 
+    /// The largest body accepted, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.cfg.max_bytes
+    }
+
     /// Downloads the whole body, enforcing the destination, redirect, size and time rules.
     /// The Content-Type is not checked: the image decoder is the judge of what the bytes are.
     pub async fn fetch(&self, url: &ImageUrl) -> Result<Bytes, FetchError> {

@@ -5,13 +5,14 @@ mod labels;
 mod worker;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use engine::{Engine, EngineError, ModelSource, Threads, INPUT_LEN};
 pub use labels::{Labels, LabelsError};
 pub use worker::{Batching, InferError, InferenceHandle, Probabilities};
 
-use crate::domain::Classification;
+use crate::domain::{Classification, Prediction, MAX_TOP_K};
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -43,7 +44,7 @@ pub enum ModelError {
 #[derive(Clone)]
 pub struct Classifier {
     handle: InferenceHandle,
-    labels: std::sync::Arc<Labels>,
+    labels: Arc<Labels>,
 }
 
 impl Classifier {
@@ -89,7 +90,7 @@ impl Classifier {
         let handle = InferenceHandle::spawn(engine, config.batching).map_err(ModelError::Thread)?;
         Ok(Self {
             handle,
-            labels: std::sync::Arc::new(labels),
+            labels: Arc::new(labels),
         })
     }
 
@@ -98,29 +99,35 @@ impl Classifier {
         self.handle.infer(input).await
     }
 
-    /// The top-1 class and its probability.
+    /// The most likely classes (up to [`MAX_TOP_K`]) and their probabilities.
     pub async fn classify(&self, input: Box<[f32]>) -> Result<Classification, InferError> {
         let probs = self.probabilities(input).await?;
-        Ok(self.top1(&probs))
+        Ok(self.ranked(&probs))
     }
 
-    pub fn top1(&self, probs: &[f32]) -> Classification {
-        let (index, confidence) =
-            probs
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
-                    if p > best.1 {
-                        (i, p)
-                    } else {
-                        best
-                    }
-                });
+    /// The top [`MAX_TOP_K`] of a softmax output, highest first; ties keep the lower index first.
+    pub fn ranked(&self, probs: &[f32]) -> Classification {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        let by_probability = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+        if order.len() > MAX_TOP_K {
+            // Partition first: a full sort of 1000 classes per image is wasted work.
+            order.select_nth_unstable_by(MAX_TOP_K - 1, by_probability);
+            order.truncate(MAX_TOP_K);
+        }
+        order.sort_unstable_by(by_probability);
+        // Load checked the label count equals the output width.
+        let label = |i: usize| self.labels.get(i).unwrap_or("unknown");
+        let mut ranked = order.into_iter().map(|i| (label(i), probs[i]));
+        let (top_label, confidence) = ranked.next().unwrap_or(("unknown", 0.0));
         Classification {
-            // Load checked the label count equals the output width.
-            label: self.labels.get(index).unwrap_or("unknown").to_owned(),
+            label: top_label.to_owned(),
             confidence,
+            runners_up: ranked
+                .map(|(label, confidence)| Prediction {
+                    label: Arc::from(label),
+                    confidence,
+                })
+                .collect(),
         }
     }
 

@@ -22,6 +22,7 @@ use super::backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend
 use super::lease::LocalLeases;
 use super::{ticker, StorageConfig, StorageError};
 use crate::clock::{unix_millis, Clock};
+use crate::domain::Prediction;
 use crate::localdb::schema::{
     CACHE, CACHE_EXPIRY, STATS_TOTALS, STORAGE_META, URL_STATS, URL_STATS_BY_COUNT, WRITER_SEQ,
 };
@@ -131,7 +132,15 @@ fn write_results(
         let old_expiry = cache
             .insert(
                 url.as_str(),
-                (&*row.label, row.confidence, row.expires_at_ms),
+                (
+                    &*row.label,
+                    row.confidence,
+                    row.expires_at_ms,
+                    row.runners_up
+                        .iter()
+                        .map(|p| (&*p.label, p.confidence))
+                        .collect::<Vec<_>>(),
+                ),
             )?
             .map(|g| g.value().2);
         // Keep the index exact: one expiry key per cache row.
@@ -208,10 +217,17 @@ impl CacheStore for RedbBackend {
                 let txn = db.begin_read()?;
                 let table = txn.open_table(CACHE)?;
                 Ok::<_, DbError>(table.get(key.as_str())?.map(|g| {
-                    let (label, confidence, expires_at_ms) = g.value();
+                    let (label, confidence, expires_at_ms, runners_up) = g.value();
                     CachedResult {
                         label: Arc::from(label),
                         confidence,
+                        runners_up: runners_up
+                            .into_iter()
+                            .map(|(label, confidence)| Prediction {
+                                label: Arc::from(label),
+                                confidence,
+                            })
+                            .collect(),
                         expires_at_ms,
                     }
                 }))
