@@ -91,7 +91,7 @@ test('a file from the picker shows its preview, then label and the top 5 as bars
   const request = classifyRequests.at(-1);
   assert.equal(new URL(request.url()).searchParams.get('top_k'), '5');
   assert.equal(request.headers()['content-type'], 'image/bmp');
-  assert.equal(request.postDataBuffer().length, readFileSync(path.join(images, 'bird.bmp')).length);
+  // (The driver does not see a File body; the dashboard test below finds the file's SHA-256 in /report.)
 });
 
 test('the drop zone is a button: Enter and Space open the file picker', async () => {
