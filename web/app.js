@@ -1,4 +1,5 @@
-// classifier-api page: the classify form and the dashboard (top 10 and usage over time).
+// classifier-api page: classify a URL or a file (picker, drop, paste), and the dashboard (top 10
+// and usage over time).
 // Plain JS, no libraries. Every string from the service (URLs, labels, messages) goes into the page
 // through textContent or setAttribute, never as HTML: image URLs in /report come from anyone.
 'use strict';
@@ -89,67 +90,253 @@
     return text.length > 46 ? `${text.slice(0, 45)}…` : text;
   }
 
-  // ---- classify form ----------------------------------------------------------------------
+  /**
+   * How a /report row names its image: the URL, or for an upload (image_url null) the start of
+   * its SHA-256, with the whole hash for a tooltip.
+   */
+  function imageName(row) {
+    if (typeof row.image_url === 'string') return { text: row.image_url, full: row.image_url, upload: false };
+    const hash = typeof row.upload_sha256 === 'string' ? row.upload_sha256 : '';
+    return { text: `upload ${hash.slice(0, 8)}…`, full: `upload, SHA-256 ${hash}`, upload: true };
+  }
+
+  // ---- classify: a URL, or a file (picker, drop, paste) ---------------------------------
+
+  // What the service reads; any other image type is sent as bytes for its sniffer to judge.
+  const SENT_AS_IS = new Set(['image/jpeg', 'image/png', 'image/gif', 'image/webp', 'image/bmp']);
+  // The service's default --max-image-bytes: a bigger file is refused before it is sent.
+  const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+  const TOP_K = 5;
 
   const form = $('classify-form');
   const input = $('image-url');
   const button = $('classify-button');
+  const fileInput = $('image-file');
+  const dropZone = $('drop-zone');
   const statusLine = $('classify-status');
   const classifyError = $('classify-error');
   const result = $('classify-result');
+  const image = $('result-image');
 
-  form.addEventListener('submit', async (event) => {
+  // Only the newest request may show its answer: a file chosen while a URL is being classified wins.
+  let latest = 0;
+  // The object URL of the previewed file, released when another image replaces it.
+  let previewUrl = null;
+
+  function showImage(src, alt) {
+    if (previewUrl && previewUrl !== src) URL.revokeObjectURL(previewUrl);
+    previewUrl = src.startsWith('blob:') ? src : null;
+    image.src = src;
+    image.alt = alt;
+  }
+
+  function fail(lead, message, detail) {
+    result.hidden = true;
+    statusLine.textContent = '';
+    showError(classifyError, lead, message, detail);
+  }
+
+  /** A request still running no longer shows its answer: what the user did since replaces it. */
+  function forgetPending() {
+    latest += 1;
+    setBusy(false);
+  }
+
+  function setBusy(busy) {
+    button.disabled = busy;
+    button.textContent = busy ? 'Classifying…' : 'Classify';
+    for (const node of [form, dropZone]) {
+      if (busy) node.setAttribute('aria-busy', 'true');
+      else node.removeAttribute('aria-busy');
+    }
+  }
+
+  /**
+   * POSTs one classification to `path` and shows its answer. `what` names the image in sentences
+   * ("the image at the URL given", "the file cat.jpg"); `src` is what the result shows as the image.
+   */
+  async function classify(path, request, src, what) {
+    const mine = ++latest;
+    clearError(classifyError);
+    setBusy(true);
+    statusLine.textContent = `Classifying ${what}…`;
+    try {
+      const answer = await requestJson(path, { method: 'POST', ...request });
+      if (mine !== latest) return;
+      if (answer.ok && answer.body && typeof answer.body.classification === 'string') {
+        showResult(answer.body, src, what);
+      } else {
+        const { message, detail } = describeFailure(answer.status, answer.body);
+        fail('Could not classify this image:', message, detail);
+      }
+    } catch (e) {
+      if (mine === latest) fail('Could not reach the service:', String(e.message || e), '');
+    } finally {
+      if (mine === latest) setBusy(false);
+      refreshDashboard();
+    }
+  }
+
+  form.addEventListener('submit', (event) => {
     event.preventDefault();
     const url = input.value.trim();
     clearError(classifyError);
     if (!url) {
-      result.hidden = true;
-      statusLine.textContent = '';
-      showError(classifyError, 'Nothing to classify.', 'Enter the address of an image, starting with http:// or https://.');
+      forgetPending();
+      fail('Nothing to classify.', 'Enter the address of an image, starting with http:// or https://.', '');
       input.focus();
       return;
     }
-    button.disabled = true;
-    button.textContent = 'Classifying…';
-    form.setAttribute('aria-busy', 'true');
-    statusLine.textContent = 'Classifying…';
-    try {
-      const answer = await requestJson('/classify-image', {
-        method: 'POST',
+    classify(
+      '/classify-image',
+      {
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ image_url: url }),
-      });
-      if (answer.ok && answer.body && typeof answer.body.classification === 'string') {
-        showResult(url, answer.body);
-      } else {
-        result.hidden = true;
-        statusLine.textContent = '';
-        const { message, detail } = describeFailure(answer.status, answer.body);
-        showError(classifyError, 'Could not classify this image:', message, detail);
-      }
-    } catch (e) {
-      result.hidden = true;
-      statusLine.textContent = '';
-      showError(classifyError, 'Could not reach the service:', String(e.message || e), '');
-    } finally {
-      button.disabled = false;
-      button.textContent = 'Classify';
-      form.removeAttribute('aria-busy');
-      refreshDashboard();
-    }
+        body: JSON.stringify({ image_url: url, top_k: TOP_K }),
+      },
+      url,
+      'the image at the URL given',
+    );
   });
 
-  function showResult(url, body) {
-    const confidence = Number(body.confidence);
-    const percent = Number.isFinite(confidence) ? `${(confidence * 100).toFixed(1)} %` : body.confidence;
-    const image = $('result-image');
-    image.src = url;
-    image.alt = `The image at the URL given, classified as ${body.classification}`;
+  /** Why `file` is not sent, or null when it is. */
+  function refusal(file) {
+    if (file.type && !file.type.startsWith('image/')) {
+      return `${file.name || 'This file'} is not an image (${file.type}). Choose a JPEG, PNG, GIF, BMP or WebP file.`;
+    }
+    if (file.size > MAX_UPLOAD_BYTES) {
+      return `${file.name || 'This file'} is larger than 20 MiB, the most the service takes.`;
+    }
+    if (file.size === 0) return `${file.name || 'This file'} is empty.`;
+    return null;
+  }
+
+  /** The raw-body upload: the file's bytes, its type when the service reads it by name. */
+  function classifyFile(file) {
+    const why = refusal(file);
+    if (why) {
+      forgetPending();
+      fail('Not sent:', why, '');
+      return;
+    }
+    const what = file.name ? `the file ${file.name}` : 'the pasted image';
+    // The preview shows at once; the label and the rest follow the answer.
+    const src = URL.createObjectURL(file);
+    showImage(src, `Preview of ${what}`);
+    for (const id of ['result-label', 'result-confidence', 'result-time']) $(id).textContent = '…';
+    $('result-top').hidden = true;
+    result.hidden = false;
+    // A raw body has no JSON for top_k to go in: it rides in the query.
+    classify(
+      `/classify-image?top_k=${TOP_K}`,
+      {
+        headers: { 'Content-Type': SENT_AS_IS.has(file.type) ? file.type : 'application/octet-stream' },
+        body: file,
+      },
+      src,
+      what,
+    );
+  }
+
+  fileInput.addEventListener('change', () => {
+    const [file] = fileInput.files;
+    if (file) classifyFile(file);
+    // The same file chosen again is a new request, so the input must not keep it.
+    fileInput.value = '';
+  });
+
+  dropZone.addEventListener('click', () => fileInput.click());
+  dropZone.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' && event.key !== ' ') return;
+    event.preventDefault();
+    fileInput.click();
+  });
+
+  const carriesFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes('Files');
+  for (const name of ['dragenter', 'dragover']) {
+    dropZone.addEventListener(name, (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = 'copy';
+      dropZone.classList.add('dragging');
+    });
+  }
+  for (const name of ['dragleave', 'dragend']) dropZone.addEventListener(name, () => dropZone.classList.remove('dragging'));
+  dropZone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    dropZone.classList.remove('dragging');
+    const [file] = event.dataTransfer.files;
+    if (file) classifyFile(file);
+  });
+  // A file dropped just beside the zone would otherwise replace the page with the file.
+  for (const name of ['dragover', 'drop']) {
+    document.addEventListener(name, (event) => {
+      if (carriesFiles(event) && !dropZone.contains(event.target)) {
+        event.preventDefault();
+        if (event.dataTransfer) event.dataTransfer.dropEffect = 'none';
+      }
+    });
+  }
+
+  // A file on the clipboard (a screenshot, an image copied from another program) is classified
+  // wherever it is pasted; text pasted into a text field stays the browser's business.
+  document.addEventListener('paste', (event) => {
+    const data = event.clipboardData;
+    if (!data) return;
+    const target = event.target;
+    const inField =
+      target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || Boolean(target && target.isContentEditable);
+    if (inField && data.types.includes('text/plain')) return;
+    const [file] = data.files;
+    if (!file) return;
+    event.preventDefault();
+    classifyFile(file);
+  });
+
+  function showResult(body, src, what) {
+    const percent = asPercent(body.confidence);
+    showImage(src, `${what[0].toUpperCase()}${what.slice(1)}, classified as ${body.classification}`);
     $('result-label').textContent = body.classification;
     $('result-confidence').textContent = percent;
     $('result-time').textContent = `${body.processing_time} s`;
+    renderPredictions(Array.isArray(body.predictions) ? body.predictions : []);
     result.hidden = false;
     statusLine.textContent = `${body.classification}: ${percent} confidence, in ${body.processing_time} s.`;
+  }
+
+  function asPercent(confidence) {
+    const x = Number(confidence);
+    return Number.isFinite(x) ? `${(x * 100).toFixed(1)} %` : String(confidence);
+  }
+
+  /** The top-k as a list of horizontal bars, each as long as its confidence. */
+  function renderPredictions(predictions) {
+    const list = $('result-predictions');
+    list.replaceChildren(
+      ...predictions.map((p) => {
+        const confidence = Math.min(1, Math.max(0, Number(p.confidence) || 0));
+        const item = document.createElement('li');
+        item.dataset.label = p.classification;
+        item.dataset.confidence = String(p.confidence);
+        const name = document.createElement('span');
+        name.className = 'pred-label';
+        name.textContent = p.classification;
+        const value = document.createElement('span');
+        value.className = 'pred-value';
+        value.textContent = asPercent(p.confidence);
+        const track = document.createElement('span');
+        track.className = 'pred-track';
+        track.setAttribute('aria-hidden', 'true');
+        const fill = document.createElement('span');
+        fill.className = 'pred-fill';
+        // A CSSOM property, not a style attribute: the CSP allows only our stylesheet's rules.
+        fill.style.width = `${(confidence * 100).toFixed(2)}%`;
+        track.append(fill);
+        item.append(name, value, track);
+        return item;
+      }),
+    );
+    $('result-top-title').textContent = `Top ${predictions.length}`;
+    $('result-top').hidden = predictions.length === 0;
   }
 
   // ---- top 10 -----------------------------------------------------------------------------
@@ -181,18 +368,20 @@
     tbody.replaceChildren(
       ...rows.map((row, i) => {
         const tr = document.createElement('tr');
+        const name = imageName(row);
         const cells = [
           [String(i + 1), 'num'],
-          [row.image_url, 'url'],
+          [name.text, name.upload ? 'url upload' : 'url', name.full],
           [String(row.count), 'num'],
           [seconds(row.min_processing_time), 'num'],
           [seconds(row.avg_processing_time), 'num'],
           [seconds(row.max_processing_time), 'num'],
         ];
-        for (const [text, cls] of cells) {
+        for (const [text, cls, title] of cells) {
           const td = document.createElement('td');
           td.textContent = text;
           td.className = cls;
+          if (title && title !== text) td.title = title;
           tr.append(td);
         }
         return tr;
@@ -216,10 +405,12 @@
     rows.forEach((row, i) => {
       const y = i * rowHeight;
       const w = Math.max(2, (row.count / top) * barMax);
-      const group = svg('g', { class: 'bar-row', 'data-url': row.image_url, 'data-count': row.count });
+      const name = imageName(row);
+      const key = name.upload ? { 'data-sha256': row.upload_sha256 } : { 'data-url': row.image_url };
+      const group = svg('g', { class: 'bar-row', ...key, 'data-count': row.count });
       group.append(
-        svg('title', {}, `${row.image_url}: ${row.count} requests`),
-        svg('text', { x: 0, y: y + 13, class: 'bar-label' }, `${i + 1}. ${shortUrl(row.image_url)}`),
+        svg('title', {}, `${name.full}: ${row.count} requests`),
+        svg('text', { x: 0, y: y + 13, class: 'bar-label' }, `${i + 1}. ${name.upload ? name.text : shortUrl(row.image_url)}`),
         svg('rect', { x: 0, y: y + 17, width: barMax, height: 14, rx: 2, class: 'bar-bg' }),
         svg('rect', { x: 0, y: y + 17, width: w.toFixed(1), height: 14, rx: 2, class: 'bar' }),
         svg('text', { x: barMax + 6, y: y + 29, class: 'bar-value' }, String(row.count)),

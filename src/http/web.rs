@@ -1,6 +1,7 @@
 //! GET / and GET /web/<file>: the page for people (demo, QA, operators), embedded from `web/` at
 //! build time. Plain HTML, CSS and JS; no CDN, nothing fetched at run time but this service's own
-//! JSON endpoints (the classified image itself is loaded by the browser from the URL given).
+//! JSON endpoints (the classified image itself is loaded by the browser from the URL given, or
+//! shown from the file the user chose).
 use rust_embed::RustEmbed;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -10,9 +11,10 @@ use warp::{Filter, Rejection, Reply};
 #[folder = "web/"]
 struct Page;
 
-/// Only our own script, styles and JSON; images from anywhere (that is what the form shows).
+/// Only our own script, styles and JSON; images from anywhere (that is what the form shows), and
+/// `blob:` for the preview of a file the user picked, dropped or pasted (an object URL).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src http: https: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     img-src http: https: data: blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; \
      frame-ancestors 'none'";
 
 pub fn route() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -91,6 +93,7 @@ mod tests {
         let response = warp::test::request().path("/").reply(&route()).await;
         let html = std::str::from_utf8(response.body()).unwrap();
         assert!(html.contains("<form"), "{html}");
+        assert!(html.contains("type=\"file\""), "the upload's file input");
         assert!(html.contains("/web/app.js"));
         assert!(html.contains("/web/style.css"));
         for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {

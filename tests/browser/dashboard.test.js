@@ -1,156 +1,33 @@
-// The page at GET /, in real Chromium (Debian's /usr/bin/chromium) driven by playwright-core.
+// The page at GET /, in real Chromium: the URL form filled as a person would, the dashboard
+// following traffic, phone width, and the screenshot the readme shows. Servers and browser come
+// from harness.js (the real binary and a fixture image server on loopback).
 //
-// Starts the real binary (target/debug/classifier-api, built by scripts/browser-test.sh) on
-// 127.0.0.1:0 with a fresh data dir, and a fixture image server (python3 -m http.server on
-// fixtures/shared/images); fills the form as a person would, checks the dashboard follows traffic,
-// and takes the screenshot the readme shows. Both processes are stopped at the end, pass or fail.
-//
-// Environment: CLASSIFIER_BIN (binary), CHROMIUM (browser), SCREENSHOT (where the PNG goes;
-// default target/browser-test/dashboard.png).
+// Environment: SCREENSHOT (where the PNG goes; default target/browser-test/dashboard.png), and
+// those of harness.js.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { assertNoSidewaysScroll, launch, images, root } from './harness.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const binary = process.env.CLASSIFIER_BIN || path.join(root, 'target/debug/classifier-api');
-const browserPath = process.env.CHROMIUM || '/usr/bin/chromium';
-const images = path.join(root, 'fixtures/shared/images');
 const screenshotPath = process.env.SCREENSHOT || path.join(root, 'target/browser-test/dashboard.png');
 // Not committed: for a person to look at after a run.
 const phoneShotPath = path.join(root, 'target/browser-test/phone.png');
 
-// Chromium as this machine needs it: no sandbox (root), no GPU, and none of its own network
-// traffic (the network is closed; those connections would only be refused).
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-const children = [];
-const scratch = mkdtempSync(path.join(tmpdir(), 'classifier-browser-'));
-let context;
+let app;
 let page;
-let api; // http://127.0.0.1:PORT of the service
 let img; // http://127.0.0.1:PORT of the image server
-const pageProblems = [];
-const foreignRequests = [];
-
-/** Starts a process and resolves with the first match of `pattern` in its `stream` output. */
-function start(name, command, args, { stream, pattern, timeoutMs, env }) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.push(child);
-    let seen = '';
-    const timer = setTimeout(() => fail(`no match for ${pattern} within ${timeoutMs} ms`), timeoutMs);
-    function fail(why) {
-      clearTimeout(timer);
-      reject(new Error(`${name}: ${why}\n--- output so far ---\n${seen}`));
-    }
-    for (const s of ['stdout', 'stderr']) {
-      child[s].setEncoding('utf8');
-      child[s].on('data', (chunk) => {
-        seen += chunk;
-        if (s !== stream) return;
-        const m = seen.match(pattern);
-        if (m) {
-          clearTimeout(timer);
-          resolve(m[1]);
-        }
-      });
-    }
-    child.on('error', (e) => fail(String(e)));
-    child.on('exit', (code, signal) => fail(`exited early (code ${code}, signal ${signal})`));
-  });
-}
-
-/** SIGTERM, then SIGKILL if still running after 5 s. */
-async function stop(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
-}
-
-// Last resort if the runner dies between hooks: never leave a server behind.
-process.on('exit', () => {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  }
-});
-
-async function classifyDirectly(imageUrl) {
-  const response = await fetch(`${api}/classify-image`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ image_url: imageUrl }),
-  });
-  return { status: response.status, body: await response.json() };
-}
-
-async function getJson(p) {
-  const response = await fetch(`${api}${p}`);
-  assert.equal(response.status, 200, p);
-  return response.json();
-}
-
+const classifyDirectly = (url) => app.classifyDirectly(url);
+const getJson = (p) => app.getJson(p);
 const text = (selector) => page.locator(selector).innerText();
 
 before(async () => {
-  const imagePort = await start('image server', 'python3', ['-u', '-m', 'http.server', '0', '--bind', '127.0.0.1', '--directory', images], {
-    stream: 'stdout',
-    pattern: /port (\d+)/,
-    timeoutMs: 15000,
-  });
-  img = `http://127.0.0.1:${imagePort}`;
-  const dataDir = path.join(scratch, 'data');
-  const addr = await start(
-    'classifier-api',
-    binary,
-    ['serve', '--listen', '127.0.0.1:0', '--allow-private-networks', '--data-dir', dataDir],
-    {
-      stream: 'stderr',
-      pattern: /listening on http:\/\/([0-9.]+:[0-9]+)/,
-      timeoutMs: 120000,
-      env: { NO_COLOR: '1', RUST_LOG: 'info' },
-    },
-  );
-  api = `http://${addr}`;
-
-  context = await chromium.launchPersistentContext(path.join(scratch, 'profile'), {
-    executablePath: browserPath,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1200, height: 900 },
-  });
-  page = context.pages()[0] || (await context.newPage());
-  page.on('pageerror', (e) => pageProblems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    // A failed image load is the expected outcome of the bad-URL test, not a page problem.
-    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) pageProblems.push(`console: ${m.text()}`);
-  });
-  page.on('request', (r) => {
-    if (!r.url().startsWith(api) && !r.url().startsWith(img) && !r.url().startsWith('data:')) foreignRequests.push(r.url());
-  });
-  // Refresh every second instead of every 5 so the test waits less.
-  await page.goto(`${api}/?refresh=1`);
+  app = await launch();
+  ({ page, img } = app);
 });
 
 after(async () => {
-  if (context) await context.close().catch(() => {});
-  await Promise.all(children.map(stop));
-  rmSync(scratch, { recursive: true, force: true });
+  if (app) await app.close();
 });
 
 test('the page loads from the binary with its form and an empty dashboard', async () => {
@@ -179,6 +56,10 @@ test('a pasted URL shows the image, label, confidence and processing time', asyn
   assert.equal(await page.locator('#classify-error').isHidden(), true);
   await page.waitForFunction(() => document.getElementById('result-image').naturalWidth > 0);
   assert.match(await page.locator('#result-image').getAttribute('alt'), /classified as Egyptian_cat/);
+  // The form asks for the top 5: one bar each, the first the label itself.
+  const bars = await page.locator('#result-predictions li').evaluateAll((items) => items.map((li) => li.dataset.label));
+  assert.equal(bars.length, 5);
+  assert.equal(bars[0], 'Egyptian_cat');
 });
 
 test('a bad URL shows the service error message in words', async () => {
@@ -274,9 +155,8 @@ test('the dashboard table and charts follow traffic sent to the API', async () =
 test('at phone width nothing scrolls sideways and the form still works', async () => {
   await page.setViewportSize({ width: 375, height: 740 });
   try {
-    const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
-    assert.ok(widths[0] <= widths[1], `page is ${widths[0]} px wide in a ${widths[1]} px window`);
-    for (const selector of ['#image-url', '#classify-button', '#usage-minutes']) {
+    await assertNoSidewaysScroll(page, 'before classifying');
+    for (const selector of ['#image-url', '#classify-button', '#drop-zone', '#usage-minutes']) {
       const box = await page.locator(selector).boundingBox();
       assert.ok(box && box.x >= 0 && box.x + box.width <= 375, `${selector} within the screen: ${JSON.stringify(box)}`);
     }
@@ -286,6 +166,7 @@ test('at phone width nothing scrolls sideways and the form still works', async (
     await page.waitForFunction(() => /owl\.jpg$/.test(document.getElementById('result-image').src) && !document.getElementById('classify-result').hidden, null, { timeout: 30000 });
     const { body } = await classifyDirectly(`${img}/owl.jpg`);
     assert.equal(await text('#result-label'), body.classification);
+    await assertNoSidewaysScroll(page, 'with a result and its top 5');
     mkdirSync(path.dirname(phoneShotPath), { recursive: true });
     await page.screenshot({ path: phoneShotPath, fullPage: true });
   } finally {
@@ -294,8 +175,8 @@ test('at phone width nothing scrolls sideways and the form still works', async (
 });
 
 test('the page loaded nothing from elsewhere and logged no errors', async () => {
-  assert.deepEqual(foreignRequests, []);
-  assert.deepEqual(pageProblems, []);
+  assert.deepEqual(app.foreignRequests, []);
+  assert.deepEqual(app.problems, []);
 });
 
 test('screenshot after some traffic', async () => {
@@ -308,6 +189,10 @@ test('screenshot after some traffic', async () => {
   await page.waitForFunction(() => document.getElementById('result-image').complete);
   // The refresh after the classification has shown it everywhere.
   await page.waitForFunction(() => document.querySelector('#report-chart .bar-row').dataset.count === '5');
+  // Then a file of one's own: its preview, its top 5, and its row in the table.
+  await page.locator('#image-file').setInputFiles(path.join(images, 'hot_dog.jpg'));
+  await page.locator('#result-label').filter({ hasText: 'hotdog' }).waitFor({ timeout: 30000 });
+  await page.waitForFunction(() => document.getElementById('result-image').complete && document.querySelector('#report-table td.upload'));
   mkdirSync(path.dirname(screenshotPath), { recursive: true });
   await page.screenshot({ path: screenshotPath, fullPage: true });
 });
