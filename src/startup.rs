@@ -59,18 +59,7 @@ impl Application {
             .await
             .context("starting the storage layer")?;
         let auth = build_auth(&settings, db.clone(), clock.clone())?;
-        let reporter = match elastic_config(&settings)? {
-            Some(config) => Some(
-                Reporter::start(db, clock.clone(), config)
-                    .await
-                    .context("starting the Elasticsearch reporter")?,
-            ),
-            None => None,
-        };
-        let history = match &reporter {
-            Some(reporter) => History::with_source(clock, Arc::new(reporter.clone())),
-            None => History::in_memory(clock),
-        };
+        let (reporter, history) = build_monitoring(&settings, db, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
         let classify = ClassifyService::new(
             build_pipeline(&settings).await?,
@@ -235,6 +224,27 @@ fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "classifier-api".to_owned())
+}
+
+/// The Elasticsearch reporter when configured, and the history it backs (else the in-memory ring).
+async fn build_monitoring(
+    settings: &Settings,
+    db: LocalDb,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(Option<Reporter>, History)> {
+    let reporter = match elastic_config(settings)? {
+        Some(config) => Some(
+            Reporter::start(db, clock.clone(), config)
+                .await
+                .context("starting the Elasticsearch reporter")?,
+        ),
+        None => None,
+    };
+    let history = match &reporter {
+        Some(reporter) => History::with_source(clock, Arc::new(reporter.clone())),
+        None => History::in_memory(clock),
+    };
+    Ok((reporter, history))
 }
 
 fn storage_config(settings: &Settings) -> StorageConfig {

@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { stop } from './harness.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const binary = process.env.CLASSIFIER_BIN || path.join(root, 'target/debug/classifier-api');
@@ -56,16 +57,6 @@ function startApp(name, extraArgs) {
     child.on('error', (e) => fail(String(e)));
     child.on('exit', (code, signal) => fail(`exited early (code ${code}, signal ${signal})`));
   });
-}
-
-/** SIGTERM, then SIGKILL if still running after 5 s. */
-async function stop(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
 }
 
 // Last resort if the runner dies between hooks: never leave a server behind.

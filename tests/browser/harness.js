@@ -61,7 +61,7 @@ function start(name, command, args, { stream, pattern, timeoutMs, env }) {
 }
 
 /** SIGTERM, then SIGKILL if still running after 5 s. */
-async function stop(child) {
+export async function stop(child) {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
