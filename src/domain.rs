@@ -130,10 +130,10 @@ pub enum Subject {
 
 impl Subject {
     /// The statistics key: the normalized URL, or the content key.
-    pub fn key(&self) -> String {
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Self::Url(url) => url.as_str().to_owned(),
-            Self::Upload(hash) => hash.key(),
+            Self::Url(url) => url.as_str().into(),
+            Self::Upload(hash) => hash.key().into(),
         }
     }
 }

@@ -77,7 +77,7 @@ impl ClassifyService {
     pub async fn classify_url(
         &self,
         _admitted: &Admission,
-        url: &ImageUrl,
+        url: ImageUrl,
         arrived: Instant,
     ) -> Result<Answer, ApiError> {
         let (pipeline, flight, key) = (self.pipeline.clone(), self.flight.clone(), url.clone());
@@ -91,7 +91,7 @@ impl ClassifyService {
                     .map(|(c, _)| c)
             })
             .await?;
-        Ok(self.finish(Subject::Url(url.clone()), classification, outcome, arrived))
+        Ok(self.finish(Subject::Url(url), classification, outcome, arrived))
     }
 
     /// Uploaded bytes, by their content hash. Counted under the hash, and only when it succeeds.

@@ -206,19 +206,7 @@ async fn the_overloaded_503_says_when_to_retry_and_a_page_may_read_it() {
         PROMO,
     ])
     .await;
-    let slow_url = app.fixtures.url("/slow");
-    let client = app.client.clone();
-    let endpoint = app.url("/classify-image");
-    let slow = tokio::spawn(async move {
-        client
-            .post(endpoint)
-            .json(&serde_json::json!({ "image_url": slow_url }))
-            .send()
-            .await
-    });
-    while app.fixtures.hits("/slow") == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let slow = app.hold_a_slot().await;
     let url = app.fixtures.url("/images/cat.bmp");
     let response = post_from(&app, PROMO, serde_json::json!({ "image_url": url })).await;
     assert_eq!(header(response.headers(), "retry-after"), Some("1"));

@@ -140,19 +140,7 @@ async fn unknown_routes_and_methods_answer_json() {
 async fn overload_answers_503_at_once() {
     // One request slot: while /slow holds it, the next request is refused rather than queued.
     let app = spawn_app_with(&["--max-concurrent-requests", "1", "--fetch-timeout", "3s"]).await;
-    let slow_url = app.fixtures.url("/slow");
-    let client = app.client.clone();
-    let endpoint = app.url("/classify-image");
-    let slow = tokio::spawn(async move {
-        client
-            .post(endpoint)
-            .json(&serde_json::json!({ "image_url": slow_url }))
-            .send()
-            .await
-    });
-    while app.fixtures.hits("/slow") == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let slow = app.hold_a_slot().await;
     let started = std::time::Instant::now();
     let (status, body) = app.classify_fixture("/images/cat.bmp").await;
     assert_eq!(

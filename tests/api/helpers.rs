@@ -142,6 +142,22 @@ impl TestApp {
         read_json(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// Starts a request for the fixture server's `/slow` (which answers after 30 s) and returns
+    /// once it is downloading: with `--max-concurrent-requests 1` it holds the only slot until
+    /// the returned task is aborted.
+    pub async fn hold_a_slot(&self) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let slow_url = self.fixtures.url("/slow");
+        let request = self
+            .client
+            .post(self.url("/classify-image"))
+            .json(&serde_json::json!({ "image_url": slow_url }));
+        let slow = tokio::spawn(request.send());
+        while self.fixtures.hits("/slow") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slow
+    }
+
     /// Graceful stop; returns the data dir so a test can start again on it.
     pub async fn stop(mut self) -> (FixtureServer, tempfile::TempDir) {
         if let Some(stop) = self.stop.take() {

@@ -266,6 +266,13 @@ async fn each_bad_upload_has_its_status_and_code() {
             "{query}"
         );
     }
+    // top_k in the JSON body and in the query: which one was meant is unknown.
+    let twice = json!({ "image_base64": base64(&gif), "top_k": 2 }).to_string();
+    let (status, answer) = post(&app, "?top_k=2", twice.into_bytes(), "application/json").await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
     // Nothing bad was counted.
     assert!(app.report().await.is_empty());
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Input, Request};
+use crate::classify::fetch::FetchError;
 use crate::domain::{ImageUrl, TopK};
 use crate::error::ApiError;
 
@@ -93,8 +94,12 @@ fn base64_field(value: &Value, max_image_bytes: u64) -> Result<Bytes, ApiError> 
     Ok(Bytes::from(bytes))
 }
 
+/// An upload over the limit answers as a download over it does.
 pub fn too_large(max_image_bytes: u64) -> ApiError {
-    ApiError::ImageTooLarge(format!("image is larger than {max_image_bytes} bytes"))
+    FetchError::TooLarge {
+        limit: max_image_bytes,
+    }
+    .into()
 }
 
 /// `data:image/png;base64,AAAA` → `AAAA`; plain base64 is returned as it is. A `data:` URI must

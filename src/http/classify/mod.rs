@@ -110,7 +110,7 @@ async fn classify(
     arrived: Instant,
 ) -> Result<Answer, ApiError> {
     match input {
-        Input::Url(url) => service.classify_url(admitted, &url, arrived).await,
+        Input::Url(url) => service.classify_url(admitted, url, arrived).await,
         Input::Upload(bytes) => service.classify_upload(admitted, bytes, arrived).await,
     }
 }
