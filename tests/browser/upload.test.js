@@ -97,14 +97,29 @@ test('a file from the picker shows its preview, then label and the top 5 as bars
 test('the drop zone is a button: Enter and Space open the file picker', async () => {
   const zone = page.getByRole('button', { name: /Image file/ });
   await zone.focus();
-  for (const key of ['Enter', ' ']) {
-    const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: 5000 }), page.keyboard.press(key)]);
-    assert.equal(chooser.isMultiple(), false, key);
-    if (key === ' ') {
-      await chooser.setFiles(path.join(images, 'dragonfly.bmp'));
-      assertGolden(await shownResult(/^blob:/), 'dragonfly.bmp');
-    }
+  // What opens a picker: a click on the file input while the key press's user activation holds.
+  await page.evaluate(() => {
+    window.pickerRequests = [];
+    document.getElementById('image-file').addEventListener('click', () => window.pickerRequests.push(navigator.userActivation.isActive));
+  });
+  for (const key of ['Enter', ' ', 'a']) {
+    await page.keyboard.press(key);
   }
+  assert.deepEqual(await page.evaluate(() => window.pickerRequests), [true, true], 'Enter and Space ask, other keys do not');
+  // And the picker really opens. Chromium 148 under Playwright now and then drops the
+  // filechooser event of a picker the page did open (seen in about one press in ten, the
+  // page's click logged each time), so a press whose event never comes is tried again.
+  let chooser;
+  for (let attempt = 0; !chooser && attempt < 3; attempt += 1) {
+    [chooser] = await Promise.all([
+      page.waitForEvent('filechooser', { timeout: 3000 }).catch(() => undefined),
+      page.keyboard.press(' '),
+    ]);
+  }
+  assert.ok(chooser, 'Space opened no file picker in 3 presses');
+  assert.equal(chooser.isMultiple(), false);
+  await chooser.setFiles(path.join(images, 'dragonfly.bmp'));
+  assertGolden(await shownResult(/^blob:/), 'dragonfly.bmp');
   // The URL field and its button keep the first two Tab stops; the zone comes next.
   await page.locator('#image-url').focus();
   await page.keyboard.press('Tab');
