@@ -14,6 +14,8 @@ pub const CACHE_LOOKUPS: &str = "classifier_cache_lookups_total";
 pub const CONTENT_LOOKUPS: &str = "classifier_content_cache_lookups_total";
 pub const CACHE_EXPIRED: &str = "classifier_cache_expired_total";
 pub const LOGIN_FAILURES: &str = "classifier_login_failures_total";
+/// 1, labelled with the model's SHA-256, name, format and resize filter (see `GET /model`).
+pub const MODEL_INFO: &str = "classifier_model_info";
 pub const ES_OUTBOX_DEPTH: &str = "classifier_es_outbox_depth";
 pub const ES_SENT: &str = "classifier_es_documents_sent";
 pub const ES_FAILED: &str = "classifier_es_failed_attempts";
@@ -52,6 +54,10 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    describe_gauge!(
+        MODEL_INFO,
+        "the model serving (1), by its sha256, name, format and resize filter"
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,

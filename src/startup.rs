@@ -11,14 +11,16 @@ use tokio::net::TcpListener;
 use crate::auth::Auth;
 use crate::classify::fetch::{FetchConfig, Fetcher};
 use crate::classify::image::{DecodeLimits, PreprocessOptions};
-use crate::classify::model::{Batching, Classifier, ModelConfig, ModelSource, Threads};
+use crate::classify::model::{
+    Batching, Classifier, ModelConfig, ModelIdentity, ModelSource, Threads,
+};
 use crate::classify::pipeline::Pipeline;
 use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ExifOrientation, ModelFormat, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
-use crate::http::{Ops, Services};
+use crate::http::{ModelInfo, Ops, Services};
 use crate::localdb::LocalDb;
 use crate::report::ReportService;
 use crate::storage::{BackendKind, Storage, StorageConfig};
@@ -54,32 +56,46 @@ impl Application {
         let db = LocalDb::open_async(&settings.data_dir)
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+        let identity = model_identity(&settings).await?;
         let kind = BackendKind::Redb(db.clone());
-        let storage = crate::storage::open(kind, clock.clone(), storage_config(&settings))
-            .await
-            .context("starting the storage layer")?;
+        let storage =
+            crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
+                .await
+                .context("starting the storage layer")?;
         let auth = build_auth(&settings, db.clone(), clock.clone())?;
-        let (reporter, history) = build_monitoring(&settings, db, clock).await?;
+        let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
+        let pipeline = build_pipeline(&settings).await?;
+        let model = ModelInfo::new(&identity, pipeline.classifier.labels().len());
         let classify = ClassifyService::new(
-            build_pipeline(&settings).await?,
+            pipeline,
             SingleFlight::new(storage.cache().clone(), fetch_timeout + LEASE_MARGIN),
             storage.stats().clone(),
             history.clone(),
             settings.max_concurrent_requests,
         );
+        let metrics = if settings.disable_metrics {
+            None
+        } else {
+            crate::metrics::install()
+        };
+        metrics::gauge!(
+            crate::metrics::MODEL_INFO,
+            "sha256" => identity.sha256.clone(),
+            "name" => identity.name.clone(),
+            "format" => identity.format.as_str(),
+            "resize_filter" => identity.preprocessing.filter.to_string(),
+        )
+        .set(1.0);
         let services = Services {
             classify,
+            model,
             report: ReportService::new(storage.stats().clone(), reporter.clone()),
             history,
             auth,
             ops: Ops {
                 ready: Arc::new(AtomicBool::new(false)),
-                metrics: if settings.disable_metrics {
-                    None
-                } else {
-                    crate::metrics::install()
-                },
+                metrics,
                 reporter,
             },
             cors: settings.cors_origins.clone(),
@@ -175,12 +191,28 @@ pub async fn build_pipeline(settings: &Settings) -> anyhow::Result<Pipeline> {
             // Room for the largest allowed image at 16 bits per channel with alpha.
             max_alloc_bytes: settings.max_image_pixels.saturating_mul(8),
         },
-        options: PreprocessOptions {
-            filter: settings.resize_filter,
-            jpeg_dct_scaling: settings.jpeg_dct_scaling,
-            apply_exif_orientation: settings.exif_orientation == ExifOrientation::Apply,
-        },
+        options: preprocess_options(settings),
     })
+}
+
+fn preprocess_options(settings: &Settings) -> PreprocessOptions {
+    PreprocessOptions {
+        filter: settings.resize_filter,
+        jpeg_dct_scaling: settings.jpeg_dct_scaling,
+        apply_exif_orientation: settings.exif_orientation == ExifOrientation::Apply,
+    }
+}
+
+/// What cached results are filed under (see `classify::model::identity`). Hashing a model on
+/// disk reads it once, so off the async workers; a missing model fails here, before the
+/// storage layer starts.
+async fn model_identity(settings: &Settings) -> anyhow::Result<ModelIdentity> {
+    let (model, options) = (model_config(settings), preprocess_options(settings));
+    tokio::task::spawn_blocking(move || {
+        ModelIdentity::of(&model.source, model.labels.as_deref(), options)
+    })
+    .await?
+    .context("loading the model")
 }
 
 fn build_auth(settings: &Settings, db: LocalDb, clock: Arc<dyn Clock>) -> anyhow::Result<Auth> {
@@ -192,13 +224,17 @@ fn build_auth(settings: &Settings, db: LocalDb, clock: Arc<dyn Clock>) -> anyhow
     ))
 }
 
-fn elastic_config(settings: &Settings) -> anyhow::Result<Option<ElasticConfig>> {
+fn elastic_config(
+    settings: &Settings,
+    identity: &ModelIdentity,
+) -> anyhow::Result<Option<ElasticConfig>> {
     let Some(url) = settings.elasticsearch_url.clone() else {
         return Ok(None);
     };
     let instance = settings.instance_id.clone().unwrap_or_else(host_name);
     let mut config = ElasticConfig::new(url, instance);
     config.index.clone_from(&settings.elasticsearch_index);
+    config.model_sha256 = Some(identity.sha256.clone());
     config.outbox_max = settings.elasticsearch_outbox_max.max(1);
     config.auth = match (
         &settings.elasticsearch_api_key,
@@ -229,10 +265,11 @@ fn host_name() -> String {
 /// The Elasticsearch reporter when configured, and the history it backs (else the in-memory ring).
 async fn build_monitoring(
     settings: &Settings,
+    identity: &ModelIdentity,
     db: LocalDb,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(Option<Reporter>, History)> {
-    let reporter = match elastic_config(settings)? {
+    let reporter = match elastic_config(settings, identity)? {
         Some(config) => Some(
             Reporter::start(db, clock.clone(), config)
                 .await
@@ -247,8 +284,9 @@ async fn build_monitoring(
     Ok((reporter, history))
 }
 
-fn storage_config(settings: &Settings) -> StorageConfig {
+fn storage_config(settings: &Settings, identity: &ModelIdentity) -> StorageConfig {
     StorageConfig {
+        cache_scope: identity.cache_scope(),
         cache_ttl: settings.cache_ttl.into(),
         cache_capacity: settings.cache_capacity.max(1),
         flush_interval: settings.stats_flush_interval.into(),

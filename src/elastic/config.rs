@@ -40,6 +40,9 @@ pub struct ElasticConfig {
     /// Identifies this process in every document (`instance_id`) and prefixes document ids, so
     /// that several instances can share one index. Must be unique per data directory.
     pub instance_id: String,
+    /// The SHA-256 of the model answering (`GET /model`), put in every document so a chart can
+    /// tell reports of two model versions apart.
+    pub model_sha256: Option<String>,
     /// Most documents per `_bulk` request.
     pub batch_size: usize,
     /// First pause after a failed delivery; doubled per consecutive failure ...
@@ -62,6 +65,7 @@ impl ElasticConfig {
             auth: ElasticAuth::None,
             outbox_max: 100_000,
             instance_id: instance_id.into(),
+            model_sha256: None,
             batch_size: 500,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),

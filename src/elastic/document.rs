@@ -15,6 +15,9 @@ pub struct ReportDocument {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
     pub instance_id: String,
+    /// The answering model's SHA-256 (absent when the reporter was not told).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     /// Exactly the rows `/report` returned, with the same field names.
     pub entries: Vec<UrlStats>,
     /// `entries.len()`.
@@ -32,12 +35,14 @@ impl ReportDocument {
     pub fn new(
         at: SystemTime,
         instance_id: &str,
+        model_sha256: Option<&str>,
         entries: Vec<UrlStats>,
         totals: &Totals,
     ) -> ReportDocument {
         ReportDocument {
             timestamp: rfc3339_millis(at),
             instance_id: instance_id.to_owned(),
+            model_sha256: model_sha256.map(str::to_owned),
             entries_returned: entries.len() as u64,
             top_count: entries.iter().map(|e| e.count).max().unwrap_or(0),
             entries,
@@ -139,13 +144,20 @@ mod tests {
             max_processing_time: 2.0,
             avg_processing_time: 0.875,
         };
-        let doc = ReportDocument::new(at(1_795_719_600_123), "web-1", entries, &totals);
+        let doc = ReportDocument::new(
+            at(1_795_719_600_123),
+            "web-1",
+            Some("9daf"),
+            entries,
+            &totals,
+        );
         let json = serde_json::to_value(&doc).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
                 "@timestamp": "2026-11-26T19:00:00.123Z",
                 "instance_id": "web-1",
+                "model_sha256": "9daf",
                 "entries": [
                     {"image_url": "http://img/a.jpg", "count": 3, "min_processing_time": 0.25,
                      "max_processing_time": 1.5, "avg_processing_time": 0.75},
@@ -170,8 +182,11 @@ mod tests {
             max_processing_time: 0.0,
             avg_processing_time: 0.0,
         };
-        let doc = ReportDocument::new(at(0), "x", Vec::new(), &totals);
+        let doc = ReportDocument::new(at(0), "x", None, Vec::new(), &totals);
         assert_eq!((doc.entries_returned, doc.top_count), (0, 0));
+        // Not told the model: no field rather than a null.
+        let json = serde_json::to_value(&doc).unwrap();
+        assert!(json.get("model_sha256").is_none(), "{json}");
     }
 
     #[test]

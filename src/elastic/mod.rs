@@ -131,6 +131,7 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     pub index: String,
     pub instance_id: String,
+    pub model_sha256: Option<String>,
     pub outbox_max: usize,
     pub batch_size: usize,
     pub initial_backoff: std::time::Duration,
@@ -196,6 +197,7 @@ impl Reporter {
             clock,
             index: config.index,
             instance_id: config.instance_id,
+            model_sha256: config.model_sha256,
             outbox_max: config.outbox_max,
             batch_size: config.batch_size,
             initial_backoff: config.initial_backoff,
@@ -220,6 +222,7 @@ impl Reporter {
         ReportDocument::new(
             self.shared.clock.now(),
             &self.shared.instance_id,
+            self.shared.model_sha256.as_deref(),
             entries,
             totals,
         )

@@ -35,6 +35,7 @@ pub(crate) fn mappings() -> Value {
         "properties": {
             "@timestamp": {"type": "date"},
             "instance_id": keyword,
+            "model_sha256": keyword,
             // Not in the report document today; mapped so a per-URL document (or a raw one) can
             // never turn it into text.
             "image_url": keyword,

@@ -5,6 +5,7 @@ mod auth;
 mod classify;
 mod cors;
 mod history;
+mod model;
 mod ops;
 mod rejection;
 mod reply;
@@ -21,12 +22,14 @@ use crate::config::CorsOrigins;
 use crate::history::History;
 use crate::report::ReportService;
 
+pub use model::ModelInfo;
 pub use ops::Ops;
 
 /// What the routes are built from: one handle per concern, each handed only to its own routes.
 #[derive(Clone)]
 pub struct Services {
     pub classify: ClassifyService,
+    pub model: ModelInfo,
     pub report: ReportService,
     pub history: History,
     pub auth: Auth,
@@ -38,7 +41,9 @@ pub struct Services {
 pub fn routes(
     services: Services,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let api = classify::route(services.classify)
+    let api = classify::route(services.classify, services.model.version())
+        .or(model::route(services.model))
+        .unify()
         .or(report::route(services.report))
         .unify()
         .or(auth::token_route(services.auth.clone()))

@@ -22,6 +22,8 @@ struct Inner<B> {
     clock: Arc<dyn Clock>,
     ttl_ms: u64,
     memory: quick_cache::sync::Cache<String, CachedResult>,
+    /// See `StorageConfig::cache_scope`.
+    scope: String,
 }
 
 /// Handle to the result cache. Cheap to clone.
@@ -56,15 +58,28 @@ fn classification(entry: &CachedResult) -> Classification {
 
 impl<B: CacheStore> ResultCache<B> {
     /// `capacity` bounds the in-memory tier (entries); the backend holds every unexpired entry.
-    pub fn new(backend: Arc<B>, clock: Arc<dyn Clock>, ttl: Duration, capacity: usize) -> Self {
+    /// `scope` prefixes the keys in the backend (see `StorageConfig::cache_scope`).
+    pub fn new(
+        backend: Arc<B>,
+        clock: Arc<dyn Clock>,
+        ttl: Duration,
+        capacity: usize,
+        scope: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 clock,
                 ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
                 memory: quick_cache::sync::Cache::new(capacity.max(1)),
+                scope,
             }),
         }
+    }
+
+    /// `key` as the backend stores it. Only a memory miss pays for the copy.
+    fn stored(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.scope)
     }
 
     fn now_ms(&self) -> u64 {
@@ -87,7 +102,7 @@ impl<B: CacheStore> ResultCache<B> {
     /// The backend tier: an unexpired entry is promoted to memory (with its own expiry, so
     /// promotion never extends an entry's life) and returned.
     pub async fn backend_get(&self, key: &str) -> Option<Classification> {
-        match self.inner.backend.get(key).await {
+        match self.inner.backend.get(&self.stored(key)).await {
             Ok(Some(entry)) if self.now_ms() < entry.expires_at_ms => {
                 let hit = classification(&entry);
                 self.inner.memory.insert(key.to_owned(), entry);
@@ -115,14 +130,14 @@ impl<B: CacheStore> ResultCache<B> {
             expires_at_ms: self.now_ms().saturating_add(self.inner.ttl_ms),
         };
         self.inner.memory.insert(key.to_owned(), entry.clone());
-        if let Err(e) = self.inner.backend.put(key, entry).await {
+        if let Err(e) = self.inner.backend.put(&self.stored(key), entry).await {
             tracing::warn!(error = %e, key, "storing cached result failed");
         }
     }
 
     /// The backend's lease on computing `key` (see [`CacheStore::try_lease`]).
     pub async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        self.inner.backend.try_lease(key, ttl).await
+        self.inner.backend.try_lease(&self.stored(key), ttl).await
     }
 
     /// Gives a lease back; a failure only means it expires by itself.

@@ -65,6 +65,10 @@ pub struct StorageConfig {
     pub purge_interval: Duration,
     /// Rows deleted per purge transaction, so a large backlog never makes one huge commit.
     pub purge_batch: usize,
+    /// Prefixes every cached result's key in the backend (the model identity's
+    /// `cache_scope`): results of another model or preprocessing are never read. The memory
+    /// tier needs none, since one process runs one model.
+    pub cache_scope: String,
 }
 
 impl Default for StorageConfig {
@@ -76,6 +80,7 @@ impl Default for StorageConfig {
             flush_max_updates: 1024,
             purge_interval: Duration::from_secs(300),
             purge_batch: 10_000,
+            cache_scope: String::new(),
         }
     }
 }
@@ -160,6 +165,7 @@ impl<B: StorageBackend> Storage<B> {
                 clock,
                 config.cache_ttl,
                 config.cache_capacity,
+                config.cache_scope.clone(),
             ),
             stats: Stats::new(Arc::clone(&backend), batcher.clone()),
             backend,

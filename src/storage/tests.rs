@@ -473,6 +473,10 @@ async fn start_on(
 }
 
 async fn reopen(r: Redb) -> Redb {
+    reopen_with(r, config()).await
+}
+
+async fn reopen_with(r: Redb, cfg: StorageConfig) -> Redb {
     let Redb { h, db } = r;
     let Harness {
         dir,
@@ -480,7 +484,7 @@ async fn reopen(r: Redb) -> Redb {
         storage,
     } = h;
     storage.shutdown().await.unwrap();
-    start_on(db, dir, clock, config()).await
+    start_on(db, dir, clock, cfg).await
 }
 
 fn disk_rows(db: &LocalDb) -> (Vec<String>, Vec<(u64, String)>) {
@@ -535,6 +539,47 @@ async fn results_and_stats_survive_a_restart_unflushed() {
     h.storage.stats().record(&url("http://s/1"), ms(250));
     assert_eq!(h.storage.stats().top(1).await.unwrap()[0].count, 3);
     h.storage.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_cache_scope_reads_only_its_own_results_across_restarts() {
+    let scoped = |scope: &str| StorageConfig {
+        cache_scope: scope.to_owned(),
+        ..config()
+    };
+    let r = start_redb(scoped("mAAAA:")).await;
+    r.h.storage.cache().insert("http://img/a.jpg", &cat()).await;
+    // Another model on the same file: a miss, and its own result beside the first.
+    let r = reopen_with(r, scoped("mBBBB:")).await;
+    let cache = r.h.storage.cache();
+    assert_eq!(cache.backend_get("http://img/a.jpg").await, None);
+    let dog = Classification {
+        label: "dog".into(),
+        ..cat()
+    };
+    cache.insert("http://img/a.jpg", &dog).await;
+    assert_eq!(
+        cache.backend_get("http://img/a.jpg").await,
+        Some(dog.clone())
+    );
+    // Back to the first model: its entry was kept.
+    let r = reopen_with(r, scoped("mAAAA:")).await;
+    assert_eq!(
+        r.h.storage.cache().backend_get("http://img/a.jpg").await,
+        Some(cat())
+    );
+    let (mut rows, _) = disk_rows(&r.db);
+    rows.sort();
+    assert_eq!(rows, ["mAAAA:http://img/a.jpg", "mBBBB:http://img/a.jpg"]);
+    // Leases are per scope too: two models may compute the same URL at once.
+    let a =
+        r.h.storage
+            .cache()
+            .try_lease("http://img/a.jpg", HOUR)
+            .await
+            .unwrap();
+    assert_eq!(a.map(|l| l.key), Some("mAAAA:http://img/a.jpg".to_owned()));
+    r.h.storage.shutdown().await.unwrap();
 }
 
 #[tokio::test]

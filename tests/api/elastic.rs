@@ -94,6 +94,8 @@ async fn each_report_call_becomes_one_document_with_the_report_in_it() {
         &["--elasticsearch-url", &es.url, "--instance-id", "test-1"],
     );
     let app = start_app(settings, FixtureServer::start().await, data_dir).await;
+    let model_sha256 = app.get("/model").await.1["sha256"].clone();
+    assert_eq!(model_sha256.as_str().map(str::len), Some(64));
     for _ in 0..2 {
         assert_eq!(
             app.classify_fixture("/images/cat.bmp").await.0,
@@ -118,6 +120,7 @@ async fn each_report_call_becomes_one_document_with_the_report_in_it() {
     for (doc, report) in docs.iter().zip(&reports) {
         assert_eq!(&doc["entries"], &Value::Array(report.clone()));
         assert_eq!(doc["instance_id"], "test-1");
+        assert_eq!(doc["model_sha256"], model_sha256);
         assert_eq!(doc["entries_returned"], 2);
         assert_eq!(doc["entries"][1]["image_url"], Value::Null);
         assert_eq!(

@@ -10,6 +10,7 @@ mod exif;
 mod golden;
 mod helpers;
 mod history;
+mod model;
 mod ops;
 mod process;
 mod report;

@@ -64,6 +64,41 @@ impl Threads {
     }
 }
 
+/// What a [`ModelSource`] names on disk or in the binary, decided once so that loading the model
+/// and hashing it (`identity.rs`) always read the same files.
+pub(super) enum Resolved<'a> {
+    EmbeddedFrozenGraph,
+    EmbeddedSavedModel,
+    SavedModelDir(&'a Path),
+    FrozenGraphFile(PathBuf),
+}
+
+impl ModelSource {
+    pub(super) fn resolve(&self) -> Resolved<'_> {
+        match self {
+            ModelSource::EmbeddedFrozenGraph => Resolved::EmbeddedFrozenGraph,
+            ModelSource::EmbeddedSavedModel => Resolved::EmbeddedSavedModel,
+            ModelSource::Path(path) if path.join("saved_model.pb").is_file() => {
+                Resolved::SavedModelDir(path)
+            }
+            ModelSource::Path(path) if path.is_dir() => {
+                Resolved::FrozenGraphFile(path.join("frozen_graph.pb"))
+            }
+            ModelSource::Path(path) => Resolved::FrozenGraphFile(path.clone()),
+        }
+    }
+}
+
+/// The bytes of a frozen GraphDef file, or an error that says what `--model-dir` expects.
+pub(super) fn read_frozen_graph(file: &Path) -> Result<Vec<u8>, EngineError> {
+    std::fs::read(file).map_err(|e| {
+        EngineError::Load(format!(
+            "{}: {e} (expected a SavedModel directory or a frozen GraphDef)",
+            file.display()
+        ))
+    })
+}
+
 pub struct Engine {
     session: Session,
     input: Operation,
@@ -80,33 +115,18 @@ impl Engine {
         options
             .set_config(&threads.config_proto())
             .map_err(load_err("session options"))?;
-        match source {
-            ModelSource::EmbeddedFrozenGraph => {
-                Self::from_frozen(&embedded::frozen_graph(), &options)
-            }
-            ModelSource::EmbeddedSavedModel => {
+        match source.resolve() {
+            Resolved::EmbeddedFrozenGraph => Self::from_frozen(&embedded::frozen_graph(), &options),
+            Resolved::EmbeddedSavedModel => {
                 // TF reads the variables while loading, so the directory can go right after.
                 let dir = tempfile::tempdir().map_err(|e| EngineError::Load(e.to_string()))?;
                 embedded::write_saved_model(dir.path())
                     .map_err(|e| EngineError::Load(format!("extracting the SavedModel: {e}")))?;
                 Self::from_saved_model(dir.path(), &options)
             }
-            ModelSource::Path(path) if path.join("saved_model.pb").is_file() => {
-                Self::from_saved_model(path, &options)
-            }
-            ModelSource::Path(path) => {
-                let file = if path.is_dir() {
-                    path.join("frozen_graph.pb")
-                } else {
-                    path.clone()
-                };
-                let bytes = std::fs::read(&file).map_err(|e| {
-                    EngineError::Load(format!(
-                        "{}: {e} (expected a SavedModel directory or a frozen GraphDef)",
-                        file.display()
-                    ))
-                })?;
-                Self::from_frozen(&bytes, &options)
+            Resolved::SavedModelDir(dir) => Self::from_saved_model(dir, &options),
+            Resolved::FrozenGraphFile(file) => {
+                Self::from_frozen(&read_frozen_graph(&file)?, &options)
             }
         }
     }

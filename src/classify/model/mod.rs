@@ -1,6 +1,7 @@
 //! MobileNet behind a handle: load (embedded or from disk), warm up, classify on the inference thread.
 mod embedded;
 mod engine;
+mod identity;
 mod labels;
 mod worker;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use engine::{Engine, EngineError, ModelSource, Threads, INPUT_LEN};
+pub use identity::{IdentityError, ModelFormat, ModelIdentity, PIPELINE_REVISION};
 pub use labels::{Labels, LabelsError};
 pub use worker::{Batching, InferError, InferenceHandle, Probabilities};
 

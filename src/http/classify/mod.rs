@@ -12,9 +12,11 @@ mod multipart;
 
 use bytes::Bytes;
 use std::time::Instant;
+use warp::http::HeaderValue;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::model::VERSION_HEADER;
 use super::rejection::MAX_REQUEST_BODY;
 use super::reply::{error_response, json_response};
 use super::with;
@@ -46,8 +48,11 @@ const RAW_TYPES: [&str; 6] = [
     "application/octet-stream",
 ];
 
+/// `model_version` goes out as `X-Model-Version` on every answer, errors included (they are
+/// this version's answers too).
 pub fn route(
     service: ClassifyService,
+    model_version: HeaderValue,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("classify-image")
         .and(warp::post())
@@ -59,6 +64,12 @@ pub fn route(
         .and(warp::body::stream().map(body::boxed))
         .and(with(service))
         .then(handle)
+        .map(move |mut response: Response| {
+            response
+                .headers_mut()
+                .insert(VERSION_HEADER, model_version.clone());
+            response
+        })
 }
 
 async fn handle(
