@@ -30,8 +30,19 @@ fn p50_p99(mut ms: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// A smoke run rather than a measurement: under `cargo test --all-targets` (cargo passes
+/// `--bench` only from `cargo bench`), or with `BENCH_QUICK` set. Every path still runs once or
+/// twice, so a bench that breaks fails the tests; its figures mean nothing then.
+fn quick() -> bool {
+    static QUICK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *QUICK.get_or_init(|| {
+        !std::env::args().any(|a| a == "--bench") || std::env::var_os("BENCH_QUICK").is_some()
+    })
+}
+
 fn time_ms(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
     f(); // warm
+    let runs = if quick() { runs.min(2) } else { runs };
     (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -257,9 +268,10 @@ impl Anchored {
 fn main() {
     // Allocate as the server's `main` does, so end-to-end figures are the server's.
     classifier_api::rss::single_malloc_arena();
-    // `cargo test --all-targets` runs benches in test mode; keep that quick.
-    let quick =
-        std::env::args().any(|a| a == "--test") || std::env::var_os("BENCH_QUICK").is_some();
+    let quick = quick();
+    if quick {
+        println!("smoke run (not `cargo bench`): every path once or twice; the figures are not measurements");
+    }
     model_only();
     decode_resize();
     content_hash();
