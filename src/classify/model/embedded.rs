@@ -1,27 +1,31 @@
 //! The default model and labels, baked into the binary so the product is "copy and run".
-//! `scripts/fetch-assets.sh` puts them in `assets/`; `build.rs` refuses to build without them.
+//! Which model: build.rs sets `CLASSIFIER_EMBEDDED_MODEL_DIR` to `assets/mobilenet_v1_1.0_224`
+//! (put there by `scripts/fetch-assets.sh`) or to the directory `CLASSIFIER_EMBED_MODEL` names
+//! (one `scripts/import-keras-model.sh` wrote), and refuses to build without its files.
 use rust_embed::RustEmbed;
 use std::path::Path;
 
 #[derive(RustEmbed)]
-#[folder = "assets/"]
-#[include = "imagenet_class_index.json"]
-#[include = "mobilenet_v1_1.0_224/*"]
-struct Assets;
+#[folder = "$CLASSIFIER_EMBEDDED_MODEL_DIR/"]
+#[include = "frozen_graph.pb"]
+#[include = "saved_model/*"]
+struct Model;
 
-const LABELS: &str = "imagenet_class_index.json";
-const FROZEN_GRAPH: &str = "mobilenet_v1_1.0_224/frozen_graph.pb";
-const SAVED_MODEL_PREFIX: &str = "mobilenet_v1_1.0_224/saved_model/";
+/// The model directory's own labels, or the shipped ones (build.rs decides).
+static LABELS: &[u8] = include_bytes!(env!("CLASSIFIER_EMBEDDED_LABELS"));
+
+const FROZEN_GRAPH: &str = "frozen_graph.pb";
+const SAVED_MODEL_PREFIX: &str = "saved_model/";
 
 fn file(name: &str) -> std::borrow::Cow<'static, [u8]> {
     // build.rs checked every embedded file exists, so a miss here is a build defect.
-    Assets::get(name)
-        .unwrap_or_else(|| panic!("embedded asset {name} missing from the build"))
+    Model::get(name)
+        .unwrap_or_else(|| panic!("embedded model file {name} missing from the build"))
         .data
 }
 
-pub fn labels_json() -> std::borrow::Cow<'static, [u8]> {
-    file(LABELS)
+pub fn labels_json() -> &'static [u8] {
+    LABELS
 }
 
 pub fn frozen_graph() -> std::borrow::Cow<'static, [u8]> {
@@ -30,7 +34,7 @@ pub fn frozen_graph() -> std::borrow::Cow<'static, [u8]> {
 
 /// The C API loads a SavedModel only from a directory, so write ours out to `dir`.
 pub fn write_saved_model(dir: &Path) -> std::io::Result<()> {
-    for name in Assets::iter().filter(|n| n.starts_with(SAVED_MODEL_PREFIX)) {
+    for name in Model::iter().filter(|n| n.starts_with(SAVED_MODEL_PREFIX)) {
         let path = dir.join(&name[SAVED_MODEL_PREFIX.len()..]);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
