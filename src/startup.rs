@@ -258,7 +258,9 @@ fn storage_config(settings: &Settings) -> StorageConfig {
 
 fn model_config(settings: &Settings) -> ModelConfig {
     let source = match (&settings.model_dir, settings.model_format) {
-        (Some(dir), _) => ModelSource::Path(dir.clone()),
+        (Some(dir), format) => {
+            ModelSource::from_dir(dir.clone(), format == ModelFormat::SavedModel)
+        }
         (None, ModelFormat::FrozenGraph) => ModelSource::EmbeddedFrozenGraph,
         (None, ModelFormat::SavedModel) => ModelSource::EmbeddedSavedModel,
     };
