@@ -253,11 +253,11 @@ mod tests {
             ModelSource::from_dir(root.clone(), true),
             ModelSource::Path(root.join("saved_model"))
         );
-        // Without a saved_model/ inside, the directory is taken as it is.
-        let frozen_only = root.join("saved_model");
+        // A SavedModel directory itself has no saved_model/ inside: taken as it is.
+        let saved_model_dir = root.join("saved_model");
         assert_eq!(
-            ModelSource::from_dir(frozen_only.clone(), true),
-            ModelSource::Path(frozen_only)
+            ModelSource::from_dir(saved_model_dir.clone(), true),
+            ModelSource::Path(saved_model_dir)
         );
     }
 
