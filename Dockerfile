@@ -2,6 +2,8 @@
 #
 #   ./scripts/fetch-assets.sh            # the build embeds assets/ (git-ignored): fetch it first
 #   docker build -t classifier-api .
+#   # or embed another model, imported with scripts/import-keras-model.sh into the build context:
+#   docker build --build-arg CLASSIFIER_EMBED_MODEL=models/mine -t classifier-api .
 #   docker run -p 8080:8080 -v classifier-data:/data classifier-api
 #
 # Configuration: the same CLASSIFIER_* environment variables as outside a container (readme.md).
@@ -18,9 +20,11 @@ RUN apt-get update \
 WORKDIR /build
 
 # 1) TensorFlow's C library into /build/.deps/libtensorflow, where .cargo/config.toml points
-#    pkg-config. Depends only on the script: source changes never download the wheel again.
+#    pkg-config. Depends only on the scripts: source changes never download the wheel again.
+#    The wheel itself is not kept (the image needs no Python TensorFlow).
 COPY scripts/install-tensorflow.sh scripts/
-RUN ./scripts/install-tensorflow.sh
+COPY scripts/lib/tf-wheel.sh scripts/lib/
+RUN TF_WHEEL_DIR=/tmp/tf-wheel ./scripts/install-tensorflow.sh && rm -rf /tmp/tf-wheel
 
 # 2) Every dependency, built against placeholder sources. This layer depends on the manifest, the
 #    lock file, build.rs and the (sha256-pinned) assets that build.rs checks for, not on src/.
@@ -35,14 +39,19 @@ RUN mkdir -p src benches \
  && cargo build --release --locked \
  && rm -rf src benches
 
-# 3) The real sources. COPY keeps the files' own mtimes, which may be older than the placeholder
-#    build: touch the crate roots so cargo rebuilds our crate (and only our crate).
+# 3) The real sources and the model to embed: the shipped one, or the directory named by
+#    --build-arg CLASSIFIER_EMBED_MODEL (inside the build context, as scripts/import-keras-model.sh
+#    writes it; build.rs checks it). Only our crate rebuilds when it changes. COPY keeps the
+#    files' own mtimes, which may be older than the placeholder build: touch the crate roots so
+#    cargo rebuilds our crate (and only our crate).
+ARG CLASSIFIER_EMBED_MODEL=assets/mobilenet_v1_1.0_224
+COPY ${CLASSIFIER_EMBED_MODEL} embed-model/
 COPY src src
 COPY benches benches
 COPY web web
 COPY openapi.yaml ./
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+ && CLASSIFIER_EMBED_MODEL=/build/embed-model cargo build --release --locked \
  && cp target/release/classifier-api /classifier-api
 
 ########## runtime: the binary, the two TensorFlow libraries, CA certificates ##########

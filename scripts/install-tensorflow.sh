@@ -3,11 +3,13 @@
 # and writes a pkg-config file for tensorflow-sys, whose own build script would otherwise try to
 # download from a Google host (unreachable here, and it leaves a 0-byte tarball behind).
 #
-# Source: the PyPI wheel tensorflow-cpu (the only registry we can reach that carries the C API).
+# Source: the PyPI wheel tensorflow-cpu (the only registry we can reach that carries the C API),
+# kept in .deps/wheels (scripts/lib/tf-wheel.sh): install-keras-venv.sh installs the same file.
 # Idempotent: does nothing when the libraries are already in place. ~10 s on a fresh machine.
 set -euo pipefail
-TF_VERSION="${TF_VERSION:-2.21.0}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/tf-wheel.sh
+source "$root/scripts/lib/tf-wheel.sh"
 dest="${TF_INSTALL_DIR:-$root/.deps/libtensorflow}"
 lib="$dest/lib"
 stamp="$dest/.installed-$TF_VERSION"
@@ -17,12 +19,7 @@ if [[ -f "$stamp" && -e "$lib/libtensorflow.so" && -e "$lib/libtensorflow_framew
   exit 0
 fi
 
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-echo "downloading tensorflow-cpu==$TF_VERSION wheel from PyPI (~274 MB)"
-python3 -m pip download --quiet --no-deps --platform manylinux_2_27_x86_64 --python-version 311 \
-  --only-binary=:all: -d "$tmp" "tensorflow-cpu==$TF_VERSION"
-wheel="$(ls "$tmp"/tensorflow_cpu-*.whl)"
+wheel="$(tf_wheel)"
 
 rm -rf "$dest"
 mkdir -p "$lib/pkgconfig"

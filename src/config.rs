@@ -222,7 +222,8 @@ pub struct Settings {
     )]
     pub exif_orientation: ExifOrientation,
 
-    /// Which embedded form of the model to run (ignored with --model-dir).
+    /// Which form of the model to run: the embedded one's, or with --model-dir a directory that
+    /// holds both (`frozen_graph.pb` and `saved_model/`).
     #[arg(
         long,
         env = "CLASSIFIER_MODEL_FORMAT",
@@ -233,11 +234,13 @@ pub struct Settings {
     pub model_format: ModelFormat,
 
     /// Load a model from disk instead of the embedded one: a SavedModel directory (tag `serve`,
-    /// signature `serving_default`) or a frozen GraphDef (`input_1:0` -> `Identity:0`).
+    /// signature `serving_default`), a frozen GraphDef (`input_1:0` -> `Identity:0`), or a
+    /// directory with both (as scripts/import-keras-model.sh writes it).
     #[arg(long, env = "CLASSIFIER_MODEL_DIR", global = true)]
     pub model_dir: Option<PathBuf>,
 
-    /// Labels for --model-dir, in `imagenet_class_index.json` form (default: the embedded ones).
+    /// Labels for --model-dir, in `imagenet_class_index.json` form (default: the model
+    /// directory's own `imagenet_class_index.json`, else the embedded ones).
     #[arg(long, env = "CLASSIFIER_LABELS", global = true)]
     pub labels: Option<PathBuf>,
 

@@ -209,7 +209,7 @@ fn preprocess_options(settings: &Settings) -> PreprocessOptions {
 async fn model_identity(settings: &Settings) -> anyhow::Result<ModelIdentity> {
     let (model, options) = (model_config(settings), preprocess_options(settings));
     tokio::task::spawn_blocking(move || {
-        ModelIdentity::of(&model.source, model.labels.as_deref(), options)
+        ModelIdentity::of(&model.source, model.labels_path().as_deref(), options)
     })
     .await?
     .context("loading the model")
@@ -296,7 +296,9 @@ fn storage_config(settings: &Settings, identity: &ModelIdentity) -> StorageConfi
 
 fn model_config(settings: &Settings) -> ModelConfig {
     let source = match (&settings.model_dir, settings.model_format) {
-        (Some(dir), _) => ModelSource::Path(dir.clone()),
+        (Some(dir), format) => {
+            ModelSource::from_dir(dir.clone(), format == ModelFormat::SavedModel)
+        }
         (None, ModelFormat::FrozenGraph) => ModelSource::EmbeddedFrozenGraph,
         (None, ModelFormat::SavedModel) => ModelSource::EmbeddedSavedModel,
     };

@@ -23,6 +23,37 @@ pub enum ModelSource {
     Path(PathBuf),
 }
 
+/// The labels file a model directory carries (what `scripts/import-keras-model.sh` writes).
+pub const LABELS_FILE: &str = "imagenet_class_index.json";
+
+impl ModelSource {
+    /// `--model-dir DIR`. A directory holding both forms side by side (`frozen_graph.pb` and
+    /// `saved_model/`: the shipped layout, and what `scripts/import-keras-model.sh` writes) runs
+    /// the frozen graph, or its SavedModel when `saved_model` is asked for.
+    pub fn from_dir(dir: PathBuf, saved_model: bool) -> Self {
+        let inner = dir.join("saved_model");
+        if saved_model && inner.join("saved_model.pb").is_file() {
+            return Self::Path(inner);
+        }
+        Self::Path(dir)
+    }
+
+    /// The labels file that comes with a model on disk, if there is one: in the model
+    /// directory, or beside a frozen graph file or a SavedModel directory (so `DIR/saved_model`
+    /// finds `DIR`'s labels). Never further up: a plain directory's parent is someone else's.
+    pub fn labels_beside(&self) -> Option<PathBuf> {
+        let Self::Path(path) = self else {
+            return None;
+        };
+        let own = path.is_dir().then(|| path.join(LABELS_FILE));
+        let container = path.is_file() || path.join("saved_model.pb").is_file();
+        let beside = container
+            .then(|| path.parent().map(|parent| parent.join(LABELS_FILE)))
+            .flatten();
+        [own, beside].into_iter().flatten().find(|f| f.is_file())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("loading the model failed: {0}")]
@@ -216,5 +247,57 @@ impl Engine {
         }
         let classes = dims[1] as usize;
         Ok((out.to_vec(), classes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn a_directory_with_both_forms_runs_the_one_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        touch(&root.join("frozen_graph.pb"));
+        touch(&root.join("saved_model/saved_model.pb"));
+        assert_eq!(
+            ModelSource::from_dir(root.clone(), false),
+            ModelSource::Path(root.clone())
+        );
+        assert_eq!(
+            ModelSource::from_dir(root.clone(), true),
+            ModelSource::Path(root.join("saved_model"))
+        );
+        // A SavedModel directory itself has no saved_model/ inside: taken as it is.
+        let saved_model_dir = root.join("saved_model");
+        assert_eq!(
+            ModelSource::from_dir(saved_model_dir.clone(), true),
+            ModelSource::Path(saved_model_dir)
+        );
+    }
+
+    #[test]
+    fn labels_come_from_the_model_directory_never_from_further_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        let labels = model.join(LABELS_FILE);
+        touch(&model.join("frozen_graph.pb"));
+        touch(&model.join("saved_model/saved_model.pb"));
+        let source = |p: PathBuf| ModelSource::Path(p).labels_beside();
+        assert_eq!(source(model.clone()), None);
+        // A labels file next to the model directory belongs to someone else.
+        touch(&dir.path().join(LABELS_FILE));
+        assert_eq!(source(model.clone()), None);
+
+        touch(&labels);
+        assert_eq!(source(model.clone()), Some(labels.clone()));
+        assert_eq!(source(model.join("frozen_graph.pb")), Some(labels.clone()));
+        assert_eq!(source(model.join("saved_model")), Some(labels));
+        assert_eq!(ModelSource::EmbeddedFrozenGraph.labels_beside(), None);
     }
 }

@@ -79,12 +79,12 @@ impl ModelIdentity {
     ) -> Result<Self, IdentityError> {
         let (name, format, model) = match source.resolve() {
             Resolved::EmbeddedFrozenGraph => (
-                embedded::MODEL_NAME.to_owned(),
+                embedded::model_name(),
                 ModelFormat::FrozenGraph,
                 embedded::frozen_graph_sha256(),
             ),
             Resolved::EmbeddedSavedModel => (
-                embedded::MODEL_NAME.to_owned(),
+                embedded::model_name(),
                 ModelFormat::SavedModel,
                 manifest(embedded::saved_model_files()),
             ),
@@ -151,7 +151,13 @@ impl ModelIdentity {
     }
 }
 
+/// The model's name from its path: `DIR/saved_model` and `DIR/frozen_graph.pb`, the two forms of
+/// the layout an import writes, are both called `DIR`.
 fn name_of(path: &Path) -> String {
+    let path = match (path.file_name(), path.parent()) {
+        (Some(n), Some(parent)) if n == "saved_model" || n == "frozen_graph.pb" => parent,
+        _ => path,
+    };
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
@@ -237,12 +243,13 @@ mod tests {
         );
         assert_eq!(id.format, ModelFormat::FrozenGraph);
         assert_eq!(id.name, "mobilenet_v1_1.0_224");
-        // The same file named on disk is the same model.
+        // The same file named on disk is the same model, named after its directory.
         let on_disk =
             ModelIdentity::of(&ModelSource::Path(file), None, PreprocessOptions::default())
                 .unwrap();
         assert_eq!(on_disk.sha256, id.sha256);
         assert_eq!(on_disk.digest, id.digest);
+        assert_eq!(on_disk.name, "mobilenet_v1_1.0_224");
     }
 
     #[test]
@@ -262,6 +269,7 @@ mod tests {
             Some(on_disk.sha256.as_str())
         );
         assert_eq!(on_disk.format, ModelFormat::SavedModel);
+        assert_eq!(on_disk.name, "mobilenet_v1_1.0_224");
         // The embedded copy is the same files, hashed at build time.
         assert_eq!(
             embedded(ModelSource::EmbeddedSavedModel).sha256,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use engine::{Engine, EngineError, ModelSource, Threads, INPUT_LEN};
+pub use engine::{Engine, EngineError, ModelSource, Threads, INPUT_LEN, LABELS_FILE};
 pub use identity::{IdentityError, ModelFormat, ModelIdentity, PIPELINE_REVISION};
 pub use labels::{Labels, LabelsError};
 pub use worker::{Batching, InferError, InferenceHandle, Probabilities};
@@ -19,10 +19,19 @@ use crate::domain::{Classification, Prediction, MAX_TOP_K};
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub source: ModelSource,
-    /// A labels file in `imagenet_class_index.json` form; `None` uses the embedded one.
+    /// A labels file in `imagenet_class_index.json` form; `None` uses the one that comes with a
+    /// model on disk ([`ModelSource::labels_beside`]), else the embedded one.
     pub labels: Option<PathBuf>,
     pub threads: Threads,
     pub batching: Batching,
+}
+
+impl ModelConfig {
+    /// The labels file this configuration reads (`None`: the embedded labels). The model
+    /// identity hashes the same file.
+    pub fn labels_path(&self) -> Option<PathBuf> {
+        self.labels.clone().or_else(|| self.source.labels_beside())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +68,8 @@ impl Classifier {
         // what loading and running the model needs faults back in (see `crate::rss`).
         crate::rss::drop_library_pages("libtensorflow");
         let engine = Engine::load(&config.source, config.threads)?;
-        let labels = read_labels(config.labels.as_ref())?;
+        let labels_path = config.labels_path();
+        let labels = read_labels(labels_path.as_ref())?;
         let loaded = started.elapsed();
         let max_batch = config.batching.max_batch.max(1);
         let mut warm_sizes = vec![1];
@@ -82,6 +92,7 @@ impl Classifier {
         let (rss_kib, peak_rss_kib) = crate::rss::resident_kib().unwrap_or_default();
         tracing::info!(
             source = ?config.source,
+            labels = %labels_path.as_ref().map_or("(embedded)".into(), |p| p.display().to_string()),
             classes = labels.len(),
             load_ms = loaded.as_millis() as u64,
             warmup_ms = (started.elapsed() - loaded).as_millis() as u64,
@@ -140,7 +151,7 @@ impl Classifier {
 
 fn read_labels(path: Option<&PathBuf>) -> Result<Labels, ModelError> {
     match path {
-        None => Labels::from_json(&embedded::labels_json()).map_err(|source| ModelError::Labels {
+        None => Labels::from_json(embedded::labels_json()).map_err(|source| ModelError::Labels {
             path: "(embedded)".into(),
             source,
         }),
