@@ -16,6 +16,9 @@ pub async fn run(settings: Settings, single_malloc_arena: bool) -> anyhow::Resul
         env!("CARGO_PKG_VERSION")
     );
     let app = startup::Application::build(settings).await?;
-    app.run_until_stopped(shutdown::signal()).await?;
+    // Installed before the app says it is ready: from then on SIGTERM means a graceful stop.
+    // (While it starts, SIGTERM still ends the process at once.)
+    let stop = shutdown::signal();
+    app.run_until_stopped(stop).await?;
     Ok(ExitCode::SUCCESS)
 }
