@@ -17,6 +17,11 @@ RUN apt-get update \
 
 WORKDIR /build
 
+# cmake and nasm, with which turbojpeg-sys builds libjpeg-turbo (static, SIMD): the same script as
+# outside a container (the image has neither).
+COPY scripts/install-build-tools.sh scripts/
+RUN ./scripts/install-build-tools.sh && rm -rf /var/lib/apt/lists/*
+
 # 1) TensorFlow's C library into /build/.deps/libtensorflow, where .cargo/config.toml points
 #    pkg-config. Depends only on the script: source changes never download the wheel again.
 COPY scripts/install-tensorflow.sh scripts/
