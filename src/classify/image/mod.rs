@@ -47,7 +47,9 @@ pub struct PreprocessOptions {
 /// The format is sniffed from the content only, never from a URL or a
 /// Content-Type. Only the first frame of an animated image is used. Colour
 /// conversion follows Pillow's `.convert('RGB')`: grey is replicated, alpha is
-/// dropped (not blended against a background), palettes are expanded. 16-bit
+/// dropped (not blended against a background), palettes are expanded, CMYK
+/// JPEGs are converted as Pillow converts them. JPEGs are decoded by
+/// libjpeg-turbo with Pillow's settings, so their pixels are Pillow's. 16-bit
 /// samples keep their high byte, as Pillow does for 16-bit RGB(A) PNGs (for
 /// 16-bit grey Pillow clips to 255 instead, a quirk not worth copying). EXIF
 /// orientation is ignored, as in the reference pipeline, unless
@@ -57,7 +59,7 @@ pub struct PreprocessOptions {
 ///
 /// With `options.jpeg_dct_scaling`, a JPEG larger than `2 * SIDE` in both axes
 /// comes back decoded at 1/2, 1/4 or 1/8 scale (never below `SIDE` on either
-/// side; see [`jpeg_scale`]), with the same checks and errors. `options.filter`
+/// side; see `jpeg_scale`), with the same checks and errors. `options.filter`
 /// plays no part here.
 pub fn decode_rgb8(
     bytes: &[u8],
