@@ -19,6 +19,11 @@ RUN apt-get update \
 
 WORKDIR /build
 
+# cmake and nasm, with which turbojpeg-sys builds libjpeg-turbo (static, SIMD): the same script as
+# outside a container (the image has neither).
+COPY scripts/install-build-tools.sh scripts/
+RUN ./scripts/install-build-tools.sh && rm -rf /var/lib/apt/lists/*
+
 # 1) TensorFlow's C library into /build/.deps/libtensorflow, where .cargo/config.toml points
 #    pkg-config. Depends only on the scripts: source changes never download the wheel again.
 #    The wheel itself is not kept (the image needs no Python TensorFlow).
@@ -45,13 +50,14 @@ RUN mkdir -p src benches \
 #    files' own mtimes, which may be older than the placeholder build: touch the crate roots so
 #    cargo rebuilds our crate (and only our crate).
 ARG CLASSIFIER_EMBED_MODEL=assets/mobilenet_v1_1.0_224
-COPY ${CLASSIFIER_EMBED_MODEL} embed-model/
+# Under its own path, so the directory keeps its name (GET /model reports it).
+COPY ${CLASSIFIER_EMBED_MODEL} /build/embed/${CLASSIFIER_EMBED_MODEL}/
 COPY src src
 COPY benches benches
 COPY web web
 COPY openapi.yaml ./
 RUN touch src/main.rs src/lib.rs \
- && CLASSIFIER_EMBED_MODEL=/build/embed-model cargo build --release --locked \
+ && CLASSIFIER_EMBED_MODEL="/build/embed/${CLASSIFIER_EMBED_MODEL}" cargo build --release --locked \
  && cp target/release/classifier-api /classifier-api
 
 ########## runtime: the binary, the two TensorFlow libraries, CA certificates ##########

@@ -1,6 +1,8 @@
 //! One run, every figure with its anchor (`cargo bench --bench pipeline`):
 //! - model only: frozen graph vs SavedModel, batch 1 and batch 8;
 //! - decode + resize per photo size, and with `--jpeg-dct-scaling` for the two largest JPEGs;
+//! - JPEG decode alone, libjpeg-turbo (the service's) against zune-jpeg through the image crate
+//!   (the service's decoder before it), alternating in one run;
 //! - end to end over loopback (a new URL per request serving new bytes, so nothing is cached by
 //!   URL or by content) at concurrency 1 and 8, and uploads (raw body, new bytes each) at c=1, in
 //!   rounds that alternate with their anchors: the c=1 p50s over (model batch-1 + decode/resize
@@ -118,6 +120,34 @@ fn decode_resize() {
                 );
             }
         }
+    }
+}
+
+/// The 720p and 1080p cats decoded to RGB (no resize) by the service (libjpeg-turbo) and by the
+/// image crate's decoder (zune-jpeg, the service's before libjpeg-turbo, still a dev-dependency for
+/// this comparison), in rounds that alternate the two so that a slower minute on a shared machine
+/// moves both alike; p50 over all rounds.
+fn jpeg_decoders(quick: bool) {
+    let (rounds, runs) = if quick { (1, 3) } else { (5, 20) };
+    for file in ["cat_720p.jpg", "cat_1080p.jpg"] {
+        let bytes = std::fs::read(fixtures().join("images").join(file)).unwrap();
+        let options = PreprocessOptions::default();
+        let (mut ours, mut zune) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.extend(time_ms(runs, || {
+                std::hint::black_box(image::decode_rgb8(&bytes, &LIMITS, &options).unwrap());
+            }));
+            zune.extend(time_ms(runs, || {
+                let decoded =
+                    ::image::load_from_memory_with_format(&bytes, ::image::ImageFormat::Jpeg);
+                std::hint::black_box(decoded.unwrap().into_rgb8());
+            }));
+        }
+        let ((ours, _), (zune, _)) = (p50_p99(ours), p50_p99(zune));
+        println!(
+            "jpeg decode {file:>14}: libjpeg-turbo p50 {ours:6.2} ms | zune-jpeg (image, before) p50 {zune:6.2} ms | libjpeg-turbo / zune {:.2}",
+            ours / zune
+        );
     }
 }
 
@@ -274,6 +304,7 @@ fn main() {
     }
     model_only();
     decode_resize();
+    jpeg_decoders(quick);
     content_hash();
     let anchors = Anchored::new();
     let runtime = tokio::runtime::Runtime::new().unwrap();

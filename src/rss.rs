@@ -9,8 +9,9 @@
 //!
 //! Both are given back here, once, while the model loads (`classify::model::Classifier::load`).
 //! Under load, what TensorFlow's threads free is kept from spreading over many malloc arenas
-//! (`single_malloc_arena`, called from `main`). This is the one module allowed `unsafe`: three
-//! libc calls, each used where it cannot change what any memory holds (see each `SAFETY`).
+//! (`single_malloc_arena`, called from `main`). One of the two modules allowed `unsafe` (the
+//! other is `classify::image::libjpeg_turbo`): three libc calls, each used where it cannot change
+//! what any memory holds (see each `SAFETY`).
 #![allow(unsafe_code)]
 
 use std::fs;

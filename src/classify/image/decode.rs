@@ -61,9 +61,9 @@ fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, PreprocessError> {
     }
 }
 
-/// zune-jpeg, in the lenient mode image runs it in, fills the missing part of
-/// a truncated scan with grey instead of failing, where Pillow refuses the
-/// file. A complete JPEG has an end-of-image marker after its last
+/// libjpeg-turbo decodes a truncated file with a warning, filling what is
+/// missing with grey, where Pillow refuses it (it runs out of data to feed the
+/// decoder). A complete JPEG has an end-of-image marker after its last
 /// start-of-scan; entropy-coded data cannot contain either (0xFF is stuffed).
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
     const SOS: [u8; 2] = [0xff, 0xda];
@@ -83,7 +83,8 @@ fn format_name(format: ImageFormat) -> String {
     }
 }
 
-/// Decodes `bytes`, already sniffed as `format`, at full size with image's decoders, as stored.
+/// Decodes `bytes`, already sniffed as `format` (not JPEG: see `jpeg`), at full size with image's
+/// decoders, as stored.
 /// `orientation` is the turn the caller applies next: its copy counts against the allocation limit.
 pub(super) fn decode_full(
     bytes: &[u8],
@@ -197,7 +198,7 @@ fn high_byte(v: u16) -> u8 {
 
 /// Grey (1-2 channels) is replicated, colour (3-4 channels) keeps RGB; a
 /// trailing alpha channel is ignored.
-pub(super) fn pack_rgb<T: Copy>(
+fn pack_rgb<T: Copy>(
     width: u32,
     height: u32,
     samples: &[T],

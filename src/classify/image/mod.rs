@@ -4,14 +4,18 @@
 //! `Image.open(f).convert('RGB').resize((224, 224), NEAREST | BILINEAR)`, then
 //! `x / 127.5 - 1`. Both resize filters are reimplemented here bit for bit, so
 //! for losslessly stored images (BMP, PNG, ...) the tensor fed to the model is
-//! the very one the golden probabilities were computed from. JPEGs differ
-//! slightly because image's decoder (zune-jpeg) is not libjpeg-turbo.
+//! the very one the golden probabilities were computed from. JPEGs are decoded
+//! by libjpeg-turbo, Pillow's JPEG library, with Pillow's options, so theirs is too.
 //!
-//! [`decode_rgb8`] makes 8-bit RGB of the bytes (`decode`, or `jpeg_scale` for large JPEGs with
-//! `--jpeg-dct-scaling`), turned upright by `orientation` with `--exif-orientation apply`,
-//! `resize` brings it to `SIDE x SIDE`, and [`scale_into`] to floats.
+//! [`decode_rgb8`] makes 8-bit RGB of the bytes (`jpeg` through `libjpeg_turbo`, at the reduced
+//! size `jpeg_scale` picks for large JPEGs with `--jpeg-dct-scaling`; `decode` for the other
+//! formats), turned upright by `orientation` with `--exif-orientation apply`, `resize` brings it
+//! to `SIDE x SIDE`, and [`scale_into`] to floats.
 mod decode;
-pub mod jpeg_scale;
+mod jpeg;
+mod jpeg_markers;
+mod jpeg_scale;
+mod libjpeg_turbo;
 mod orientation;
 mod resize;
 #[cfg(test)]
@@ -43,7 +47,9 @@ pub struct PreprocessOptions {
 /// The format is sniffed from the content only, never from a URL or a
 /// Content-Type. Only the first frame of an animated image is used. Colour
 /// conversion follows Pillow's `.convert('RGB')`: grey is replicated, alpha is
-/// dropped (not blended against a background), palettes are expanded. 16-bit
+/// dropped (not blended against a background), palettes are expanded, CMYK
+/// JPEGs are converted as Pillow converts them. JPEGs are decoded by
+/// libjpeg-turbo with Pillow's settings, so their pixels are Pillow's. 16-bit
 /// samples keep their high byte, as Pillow does for 16-bit RGB(A) PNGs (for
 /// 16-bit grey Pillow clips to 255 instead, a quirk not worth copying). EXIF
 /// orientation is ignored, as in the reference pipeline, unless
@@ -53,7 +59,7 @@ pub struct PreprocessOptions {
 ///
 /// With `options.jpeg_dct_scaling`, a JPEG larger than `2 * SIDE` in both axes
 /// comes back decoded at 1/2, 1/4 or 1/8 scale (never below `SIDE` on either
-/// side; see [`jpeg_scale`]), with the same checks and errors. `options.filter`
+/// side; see `jpeg_scale`), with the same checks and errors. `options.filter`
 /// plays no part here.
 pub fn decode_rgb8(
     bytes: &[u8],
@@ -61,21 +67,17 @@ pub fn decode_rgb8(
     options: &PreprocessOptions,
 ) -> Result<RgbImage, PreprocessError> {
     let format = decode::sniff(bytes)?;
-    let orientation = if options.apply_exif_orientation {
-        orientation::read(decode::reader(bytes, format, limits))
-    } else {
-        Orientation::NoTransforms
+    let orientation = match (options.apply_exif_orientation, format) {
+        (false, _) => Orientation::NoTransforms,
+        (true, ImageFormat::Jpeg) => jpeg::orientation(bytes),
+        (true, _) => orientation::read(decode::reader(bytes, format, limits)),
     };
     // The scaled decode serves oriented JPEGs too: portrait phone photos are exactly the large
     // JPEGs it is for, and turning its smaller output costs less than turning a full decode.
-    let scaled = if format == ImageFormat::Jpeg && options.jpeg_dct_scaling {
-        jpeg_scale::decode_scaled(bytes, limits, orientation)?
+    let stored = if format == ImageFormat::Jpeg {
+        jpeg::decode(bytes, limits, orientation, options.jpeg_dct_scaling)?
     } else {
-        None
-    };
-    let stored = match scaled {
-        Some(scaled) => scaled,
-        None => decode::decode_full(bytes, format, limits, orientation)?,
+        decode::decode_full(bytes, format, limits, orientation)?
     };
     Ok(orientation::apply(stored, orientation))
 }

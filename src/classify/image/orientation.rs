@@ -2,8 +2,9 @@
 //! saw it, landscape, and records in its EXIF block how to turn it upright. Keras `load_img`
 //! ignores that tag, so honouring it is opt-in.
 //!
-//! The tag is read with image's own decoders (`ImageDecoder::orientation`: JPEG APP1, PNG eXIf,
-//! WebP EXIF; GIF and BMP have none) and applied to the decoded RGB before the resize. A missing,
+//! The tag is read from a JPEG's APP1 segment by `jpeg::orientation`, and from PNG (eXIf) and
+//! WebP (EXIF) by image's own decoders (`ImageDecoder::orientation`; GIF and BMP have none), and
+//! applied to the decoded RGB before the resize. A missing,
 //! damaged or out-of-range tag means orientation 1: the metadata never fails a request.
 use std::io::{BufRead, Seek};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -87,8 +88,13 @@ mod tests {
         }
     }
 
+    /// The tag as `decode_rgb8` reads it for `format`.
     fn read_tag(bytes: &[u8], format: ImageFormat) -> Orientation {
-        read(ImageReader::with_format(Cursor::new(bytes), format))
+        if format == ImageFormat::Jpeg {
+            crate::classify::image::jpeg::orientation(bytes)
+        } else {
+            read(ImageReader::with_format(Cursor::new(bytes), format))
+        }
     }
 
     fn fixture(name: &str) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! Fixtures and helpers the tests of `decode`, `resize`, `jpeg_scale` and this module share.
+//! Fixtures and helpers the tests of `decode`, `jpeg`, `jpeg_scale`, `resize` and this module share.
 use std::io::Cursor;
 use std::path::PathBuf;
 
@@ -46,6 +46,11 @@ pub(super) fn resized(img: &RgbImage, filter: ResizeFilter) -> Vec<u8> {
     let mut out = vec![0; OUT_LEN];
     resize_into(img, filter, &mut out);
     out
+}
+
+pub(super) fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(data))
 }
 
 pub(super) fn encode(img: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {

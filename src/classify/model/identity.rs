@@ -19,7 +19,8 @@ use crate::classify::image::PreprocessOptions;
 
 /// Bumped whenever a change to the code turns the same bytes into different model inputs (a new
 /// decoder, a rounding fix), so results computed by an older build are not served by a newer one.
-pub const PIPELINE_REVISION: u32 = 1;
+/// 2: JPEGs decode through libjpeg-turbo, as Pillow's (zune-jpeg's pixels differed slightly).
+pub const PIPELINE_REVISION: u32 = 2;
 
 /// Hex digits of the identity that prefix cached results' keys in the store: 64 bits, so two
 /// configurations sharing a store collide with negligible odds.
