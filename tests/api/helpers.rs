@@ -138,6 +138,12 @@ impl TestApp {
         body.as_array().unwrap().clone()
     }
 
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         read_json(self.client.get(self.url(path)).send().await.unwrap()).await
     }

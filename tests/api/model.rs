@@ -95,15 +95,7 @@ async fn the_metrics_name_the_model() {
         .as_str()
         .unwrap()
         .to_owned();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let line = text
         .lines()
         .find(|l| l.starts_with("classifier_model_info{") && l.contains(&sha256))

@@ -36,15 +36,7 @@ async fn metrics_count_requests_and_stages_without_urls() {
     app.classify_fixture("/images/cat.bmp").await;
     app.classify_fixture("/images/cat.bmp").await;
     app.classify_fixture("/status/404").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for needle in [
         r#"classifier_http_requests_total{route="/classify-image",status="200"}"#,
         r#"classifier_http_requests_total{route="/classify-image",status="502"}"#,

@@ -281,55 +281,37 @@ mod tests {
     #[test]
     fn everything_that_changes_an_answer_changes_the_digest() {
         let (model, labels) = ([1; 32], [2; 32]);
-        let base = || {
+        let make = |name: &str, model, labels, preprocessing| {
             ModelIdentity::from_parts(
-                "m".into(),
+                name.into(),
                 ModelFormat::FrozenGraph,
                 model,
                 labels,
-                options(ResizeFilter::Nearest),
+                preprocessing,
             )
         };
+        let nearest = options(ResizeFilter::Nearest);
+        let base = || make("m", model, labels, nearest);
         let variants = [
-            ModelIdentity::from_parts(
-                "m".into(),
-                ModelFormat::FrozenGraph,
-                [3; 32],
-                labels,
-                options(ResizeFilter::Nearest),
-            ),
-            ModelIdentity::from_parts(
-                "m".into(),
-                ModelFormat::FrozenGraph,
-                model,
-                [3; 32],
-                options(ResizeFilter::Nearest),
-            ),
-            ModelIdentity::from_parts(
-                "m".into(),
-                ModelFormat::FrozenGraph,
-                model,
-                labels,
-                options(ResizeFilter::Bilinear),
-            ),
-            ModelIdentity::from_parts(
-                "m".into(),
-                ModelFormat::FrozenGraph,
+            make("m", [3; 32], labels, nearest),
+            make("m", model, [3; 32], nearest),
+            make("m", model, labels, options(ResizeFilter::Bilinear)),
+            make(
+                "m",
                 model,
                 labels,
                 PreprocessOptions {
                     jpeg_dct_scaling: true,
-                    ..options(ResizeFilter::Nearest)
+                    ..nearest
                 },
             ),
-            ModelIdentity::from_parts(
-                "m".into(),
-                ModelFormat::FrozenGraph,
+            make(
+                "m",
                 model,
                 labels,
                 PreprocessOptions {
                     apply_exif_orientation: true,
-                    ..options(ResizeFilter::Nearest)
+                    ..nearest
                 },
             ),
         ];
@@ -341,14 +323,7 @@ mod tests {
         // Stable: the same configuration, the same scope, in every process.
         assert_eq!(base().cache_scope(), base().cache_scope());
         // Where the file came from (its name) is not part of what it computes.
-        let renamed = ModelIdentity::from_parts(
-            "other".into(),
-            ModelFormat::FrozenGraph,
-            model,
-            labels,
-            options(ResizeFilter::Nearest),
-        );
-        assert_eq!(renamed.digest, base().digest);
+        assert_eq!(make("other", model, labels, nearest).digest, base().digest);
     }
 
     #[test]
