@@ -1,6 +1,7 @@
 //! Building the application from `Settings`: load the model, bind the listener, serve until told
 //! to stop. Tests build it on `127.0.0.1:0` exactly as `main` does.
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,19 +75,7 @@ impl Application {
             history.clone(),
             settings.max_concurrent_requests,
         );
-        let metrics = if settings.disable_metrics {
-            None
-        } else {
-            crate::metrics::install()
-        };
-        metrics::gauge!(
-            crate::metrics::MODEL_INFO,
-            "sha256" => identity.sha256.clone(),
-            "name" => identity.name.clone(),
-            "format" => identity.format.as_str(),
-            "resize_filter" => identity.preprocessing.filter.to_string(),
-        )
-        .set(1.0);
+        let metrics = install_metrics(&settings, &identity);
         let services = Services {
             classify,
             model,
@@ -166,6 +155,23 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The Prometheus recorder (`None` with `--disable-metrics`), with the model's info gauge set.
+fn install_metrics(settings: &Settings, identity: &ModelIdentity) -> Option<PrometheusHandle> {
+    if settings.disable_metrics {
+        return None;
+    }
+    let handle = crate::metrics::install();
+    metrics::gauge!(
+        crate::metrics::MODEL_INFO,
+        "sha256" => identity.sha256.clone(),
+        "name" => identity.name.clone(),
+        "format" => identity.format.as_str(),
+        "resize_filter" => identity.preprocessing.filter.to_string(),
+    )
+    .set(1.0);
+    handle
 }
 
 /// Fetcher + model + preprocessing settings: all `serve` and `classify` share.
