@@ -10,7 +10,7 @@
 # otherwise download as a second TensorFlow next to tensorflow-cpu; it runs on the one here.
 #
 # Idempotent: a stamp names the TensorFlow version and the constraints' hash. Cold: about a
-# minute with the wheel cached (1.6 GB unpacked); warm: nothing.
+# minute with the wheel cached (0.8 GB beside libtensorflow); warm: nothing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/tf-wheel.sh
@@ -34,13 +34,28 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
 fi
 
+# The venv's two TensorFlow libraries are the wheel's, unstripped (850 MB). install-tensorflow.sh
+# made stripped copies of the very same files (606 MB): hard links to those take their place.
+# Skipped if they are missing or on another file system (then the venv keeps its own).
+share_libraries() {
+  local lib="$root/.deps/libtensorflow/lib" tf name
+  tf="$(compgen -G "$venv/lib/python3*/site-packages/tensorflow" | head -n1)"
+  for name in libtensorflow_cc.so.2 libtensorflow_framework.so.2; do
+    if [[ -f "$lib/$name" && -f "$tf/$name" ]] && ln -f "$lib/$name" "$tf/$name.shared" 2>/dev/null; then
+      mv -f "$tf/$name.shared" "$tf/$name"
+    fi
+  done
+}
+
 wheel="$(tf_wheel)"
 echo "creating $venv from $(basename "$wheel")"
 rm -rf "$venv"
 python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check --no-input)
+# No pip cache: these files are installed once per machine, and disk is what CI runs short of.
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check --no-input --no-cache-dir)
 "${pip[@]}" install -c "$constraints" "$wheel"
 "${pip[@]}" install --no-deps "tf-keras==$TF_VERSION"
+share_libraries
 "$venv/bin/python" - <<'PY'
 import os
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
