@@ -94,6 +94,11 @@ impl SingleFlight {
         }
     }
 
+    /// The classification of `key` if the memory tier has it (no lock, no I/O).
+    pub fn memory_get(&self, key: &str) -> Option<Classification> {
+        self.inner.cache.memory_get(key)
+    }
+
     /// The cached classification of `key`, or `compute`'s, cached if it succeeds.
     pub async fn get_or_compute<F, Fut>(
         &self,

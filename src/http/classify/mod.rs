@@ -116,7 +116,7 @@ async fn handle(
 
 async fn classify(
     service: &ClassifyService,
-    admitted: &Admission,
+    admitted: &Admission<'_>,
     input: Input,
     arrived: Instant,
 ) -> Result<Answer, ApiError> {
