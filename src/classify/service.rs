@@ -129,7 +129,7 @@ impl ClassifyService {
         arrived: Instant,
     ) -> Answer {
         let processing_time = arrived.elapsed();
-        metrics::counter!(crate::metrics::CACHE_LOOKUPS, "outcome" => outcome.label()).increment(1);
+        crate::metrics::count_outcome(crate::metrics::CACHE_LOOKUPS, outcome.label());
         self.inner.stats.record(&subject, processing_time);
         self.inner.history.record(processing_time);
         Answer {
@@ -152,7 +152,7 @@ async fn by_content(
             pipeline.classify_bytes(bytes).await
         })
         .await?;
-    metrics::counter!(crate::metrics::CONTENT_LOOKUPS, "outcome" => found.1.label()).increment(1);
+    crate::metrics::count_outcome(crate::metrics::CONTENT_LOOKUPS, found.1.label());
     Ok(found)
 }
 
