@@ -64,7 +64,8 @@ pub fn finish(
     tracing::info!(
         target: "classifier_api::access",
         method = %method,
-        route,
+        // Display, not Debug: no quotes to escape character by character.
+        route = %route,
         status,
         // From nanoseconds, so the number prints short (0.004663, not 0.0046630000000000005).
         duration_ms = elapsed.as_nanos() as f64 / 1e6,

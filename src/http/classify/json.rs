@@ -17,21 +17,40 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// The fields we read; any others are ignored. A field that is present is `Some`, even when it
+/// is `null` (which its check then refuses). Read into this rather than a whole
+/// `serde_json::Value` map: no allocation for the object or its keys.
+#[derive(serde::Deserialize)]
+struct Fields {
+    #[serde(default, deserialize_with = "present")]
+    image_url: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    image_base64: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    top_k: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+const EXPECTED: &str = "expected a JSON object with an image_url or image_base64 field";
+
 /// Parses the body. `max_url_body` is the size a URL request may have (the body was read under
 /// the larger base64 limit); `max_image_bytes` bounds the decoded image.
 pub fn parse(body: &[u8], max_url_body: u64, max_image_bytes: u64) -> Result<Request, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::InvalidRequest(
-            "expected a JSON object with an image_url or image_base64 field".into(),
-        ));
-    };
-    let top_k = match fields.get("top_k") {
-        None => None,
-        Some(v) => Some(top_k(v)?),
-    };
-    let input = match (fields.get("image_url"), fields.get("image_base64")) {
+    // serde would also read a struct from an array, by position: `["http://..."]` is not a
+    // request. Anything else that is not an object fails below, as invalid JSON or of the wrong shape.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::InvalidRequest(EXPECTED.into()));
+    }
+    let fields: Fields = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        // Valid JSON of another shape: an array, a string, a key given twice.
+        serde_json::error::Category::Data => ApiError::InvalidRequest(format!("{EXPECTED} ({e})")),
+        _ => ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")),
+    })?;
+    let top_k = fields.top_k.as_ref().map(top_k).transpose()?;
+    let input = match (&fields.image_url, &fields.image_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::InvalidRequest(
                 "give either image_url or image_base64, not both".into(),
@@ -44,11 +63,7 @@ pub fn parse(body: &[u8], max_url_body: u64, max_image_bytes: u64) -> Result<Req
             Input::Url(url_field(url)?)
         }
         (None, Some(data)) => Input::Upload(base64_field(data, max_image_bytes)?),
-        (None, None) => {
-            return Err(ApiError::InvalidRequest(
-                "expected a JSON object with an image_url or image_base64 field".into(),
-            ))
-        }
+        (None, None) => return Err(ApiError::InvalidRequest(EXPECTED.into())),
     };
     Ok(Request { input, top_k })
 }
@@ -68,7 +83,7 @@ fn url_field(value: &Value) -> Result<ImageUrl, ApiError> {
             "image_url must be a string".into(),
         ));
     };
-    ImageUrl::parse(raw).map_err(|e| ApiError::InvalidUrl(e.to_string()))
+    ImageUrl::parse_remembered(raw).map_err(|e| ApiError::InvalidUrl(e.to_string()))
 }
 
 fn base64_field(value: &Value, max_image_bytes: u64) -> Result<Bytes, ApiError> {
@@ -150,6 +165,17 @@ mod tests {
         assert_eq!(r.top_k, None);
         assert_eq!(code("{not json"), "invalid_request");
         assert_eq!(code("[]"), "invalid_request");
+        // Not read by position, as serde would read a struct from an array.
+        assert_eq!(code(r#" ["http://a.com/x.jpg"]"#), "invalid_request");
+        assert_eq!(code(r#""http://a.com/x.jpg""#), "invalid_request");
+        assert_eq!(
+            code(r#"{"image_url":"http://a.com/x","image_url":"http://b.com/y"}"#),
+            "invalid_request"
+        );
+        assert_eq!(
+            code(r#"{"image_url":"http://a.com/x","image_base64":null}"#),
+            "invalid_request"
+        );
         assert_eq!(code(r#"{"url":"http://a.com"}"#), "invalid_request");
         assert_eq!(code(r#"{"image_url":42}"#), "invalid_request");
         assert_eq!(code(r#"{"image_url":null}"#), "invalid_request");
