@@ -6,6 +6,7 @@ use std::pin::Pin;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
+use crate::classify::fetch::FetchError;
 use crate::error::ApiError;
 
 /// The request body as warp streams it, boxed once so the readers need no generics.
@@ -19,21 +20,34 @@ where
     Box::pin(stream.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())))
 }
 
-/// A limit and the error that answers a body over it.
+/// A limit on a body that carries an image, and the image limit its error names.
 #[derive(Debug, Clone)]
 pub struct Limit {
     pub bytes: u64,
-    pub too_large: ApiError,
+    pub max_image_bytes: u64,
 }
 
 impl Limit {
     /// Refuses a declared length over the limit before anything is read.
     pub fn check_declared(&self, content_length: Option<u64>) -> Result<(), ApiError> {
         match content_length {
-            Some(n) if n > self.bytes => Err(self.too_large.clone()),
+            Some(n) if n > self.bytes => Err(self.too_large()),
             _ => Ok(()),
         }
     }
+
+    /// Made only when needed: its message is formatted text.
+    fn too_large(&self) -> ApiError {
+        too_large(self.max_image_bytes)
+    }
+}
+
+/// An upload over the limit answers as a download over it does.
+pub fn too_large(max_image_bytes: u64) -> ApiError {
+    FetchError::TooLarge {
+        limit: max_image_bytes,
+    }
+    .into()
 }
 
 /// The whole body, or the limit's error as soon as more than `limit.bytes` have arrived.
@@ -49,7 +63,7 @@ pub async fn read(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(body_failed)?;
         if (buf.len() + chunk.len()) as u64 > limit.bytes {
-            return Err(limit.too_large.clone());
+            return Err(limit.too_large());
         }
         buf.extend_from_slice(&chunk);
     }
@@ -74,7 +88,7 @@ mod tests {
     fn limit(bytes: u64) -> Limit {
         Limit {
             bytes,
-            too_large: ApiError::ImageTooLarge("too big".into()),
+            max_image_bytes: bytes,
         }
     }
 

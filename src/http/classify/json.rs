@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Input, Request};
-use crate::classify::fetch::FetchError;
+use super::body::too_large;
 use crate::domain::{ImageUrl, TopK};
 use crate::error::ApiError;
 
@@ -107,14 +107,6 @@ fn base64_field(value: &Value, max_image_bytes: u64) -> Result<Bytes, ApiError> 
         return Err(ApiError::InvalidRequest("image_base64 is empty".into()));
     }
     Ok(Bytes::from(bytes))
-}
-
-/// An upload over the limit answers as a download over it does.
-pub fn too_large(max_image_bytes: u64) -> ApiError {
-    FetchError::TooLarge {
-        limit: max_image_bytes,
-    }
-    .into()
 }
 
 /// `data:image/png;base64,AAAA` → `AAAA`; plain base64 is returned as it is. A `data:` URI must

@@ -150,7 +150,7 @@ async fn read_request(
         raw if RAW_TYPES.contains(&raw) => {
             let limit = Limit {
                 bytes: max_image_bytes,
-                too_large: json::too_large(max_image_bytes),
+                max_image_bytes,
             };
             let bytes = body::read(body, content_length, &limit).await?;
             if bytes.is_empty() {
@@ -171,7 +171,7 @@ async fn read_request(
 fn json_limit(max_image_bytes: u64) -> Limit {
     Limit {
         bytes: (max_image_bytes.div_ceil(3) * 4 + 1024).max(MAX_REQUEST_BODY),
-        too_large: json::too_large(max_image_bytes),
+        max_image_bytes,
     }
 }
 

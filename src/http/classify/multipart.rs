@@ -7,8 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use multer::{Constraints, Multipart, SizeLimit};
 
-use super::body::{BodyStream, Limit};
-use super::json::too_large;
+use super::body::{too_large, BodyStream, Limit};
 use crate::error::ApiError;
 
 /// The one part we read.
@@ -20,7 +19,7 @@ const FRAMING_BYTES: u64 = 64 * 1024;
 pub fn limit(max_image_bytes: u64) -> Limit {
     Limit {
         bytes: max_image_bytes + FRAMING_BYTES,
-        too_large: too_large(max_image_bytes),
+        max_image_bytes,
     }
 }
 
