@@ -4,16 +4,20 @@
 #     decode+resize per photo size, end to end over loopback at c=1 and c=8 (new URL per request);
 #  2. cargo bench --bench report: top(10) with BENCH_URLS (1 000 000) distinct URLs, file size;
 #  3. HTTP with wrk (one thread, like the Python peer's figures): cached hits at 64 connections
-#     with and without metrics+access log, cold classify at c=8, GET /report p50 on the 1M-URL
-#     store, start-to-ready time and peak RSS of the release binary under those loads.
-# Usage: ./scripts/bench.sh   (BENCH_URLS=100000 for a quicker run)
+#     against two anchors in alternating rounds (nginx-light returning the same JSON, and
+#     examples/http_floor.rs: warp alone), with and without metrics+access log; cold classify
+#     at c=8, GET /report p50 on the 1M-URL store, start-to-ready time and peak RSS of the
+#     release binary under those loads.
+# Usage: ./scripts/bench.sh   (BENCH_URLS=100000 for a quicker run; BENCH_ROUNDS, default 3;
+#        BENCH_HTTP_ONLY=1 for part 3 without the report store)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 ./scripts/setup.sh >/dev/null
-if ! command -v wrk >/dev/null; then
-  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light >/dev/null
 fi
+cargo build --release --locked --example http_floor 2>&1 | tail -1
 cargo build --release --locked 2>&1 | tail -1
 bin="$root/target/release/classifier-api"
 work="$(mktemp -d)"
@@ -21,10 +25,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "## pipeline (model, decode, end to end)"
-cargo bench --locked --bench pipeline 2>/dev/null | grep -v '^$'
-echo "## report store"
-BENCH_DATA_DIR="$work/report" cargo bench --locked --bench report 2>/dev/null | grep -v '^$'
+if [[ -z "${BENCH_HTTP_ONLY:-}" ]]; then
+  echo "## pipeline (model, decode, end to end)"
+  cargo bench --locked --bench pipeline 2>/dev/null | grep -v '^$'
+  echo "## report store"
+  BENCH_DATA_DIR="$work/report" cargo bench --locked --bench report 2>/dev/null | grep -v '^$'
+fi
 
 # A static image server for the HTTP runs. HTTP/1.1 keep-alive, unlike `python3 -m http.server`,
 # whose new connection (and thread, behind a backlog of 5) per download put a 270 ms p99 into the
@@ -76,17 +82,68 @@ wrk.body = '{"image_url":"http://127.0.0.1:$img_port/cat.bmp"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-# cached_hits LABEL: 10 s, 64 connections, one URL already in the cache.
+# load URL: 10 s of wrk at 64 connections posting post.lua's body; sets $rps and $p99.
+load() {
+  local out; out=$(wrk -t1 -c64 -d10s --latency -s "$work/post.lua" "$1")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+}
+
+# The anchors, started once: nginx-light answering the same route with a fixed answer of our
+# size (the HTTP limit of this box), and warp alone (the floor our HTTP stack leaves us).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location = /classify-image { default_type application/json; return 200 '{"classification":"Egyptian_cat","confidence":"0.835","processing_time":"0.000"}'; }
+  }
+}
+NGINX
+nginx -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+"$root/target/release/examples/http_floor" 127.0.0.1:0 >"$work/floor.log" &
+pids+=($!)
+for _ in $(seq 50); do grep -q "listening on" "$work/floor.log" && break; sleep 0.1; done
+floor_addr=$(grep -o 'listening on http://[0-9.:]*' "$work/floor.log" | sed 's#listening on http://##')
+
+# cached_hits LABEL: rounds of nginx, the floor and our server (one URL already in its cache),
+# in turn, so a slow minute moves all three alike; prints each round and the median ratios, and
+# sets $rps_last to our median req/s.
 cached_hits() {
   curl -s -X POST -H 'Content-Type: application/json' \
     -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$addr/classify-image" >/dev/null
-  local out; out=$(wrk -t1 -c64 -d10s --latency -s "$work/post.lua" "http://$addr/classify-image")
-  local rps p50 p99
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  echo "cached hits, c=64, 10 s ($1): $rps req/s, p50 $p50, p99 $p99"
-  rps_last=$rps
+  local rounds=${BENCH_ROUNDS:-3} figures=() r nginx floor
+  for r in $(seq "$rounds"); do
+    load "http://127.0.0.1:$nginx_port/classify-image"; nginx=$rps
+    load "http://$floor_addr/classify-image"; floor=$rps
+    load "http://$addr/classify-image"
+    echo "  round $r: nginx $nginx req/s | warp alone $floor | ours $rps req/s, p99 $p99"
+    figures+=("$nginx" "$floor" "$rps")
+  done
+  local summary
+  summary=$(python3 - "$1" "${figures[@]}" <<'PY'
+import statistics, sys
+label, f = sys.argv[1], [float(x) for x in sys.argv[2:]]
+nginx, floor, ours = f[0::3], f[1::3], f[2::3]
+med = statistics.median
+print(f"cached hits, c=64 ({label}): ours {med(ours):.0f} req/s = {med([o / n for o, n in zip(ours, nginx)]):.3f} x nginx "
+      f"(target >= 0.7), {med([o / w for o, w in zip(ours, floor)]):.3f} x warp alone; "
+      f"warp alone = {med([w / n for w, n in zip(floor, nginx)]):.3f} x nginx (medians of {len(ours)} rounds)")
+print(f"{med(ours):.0f}")
+PY
+)
+  echo "${summary%$'\n'*}"
+  rps_last="${summary##*$'\n'}"
 }
 
 # A new URL and new bytes per request (see the image server), so every request is classified.
@@ -117,6 +174,7 @@ kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 python3 -c "print(f'metrics+logging overhead on cached hits: {$with}/{$without} = {$with/$without:.3f} of the throughput without')"
 echo "peak RSS (VmHWM) after start, cold c=8 and cached-hit loads: $((rss / 1024)) MiB (target < 400 MB = 381 MiB)"
 
+[[ -n "${BENCH_HTTP_ONLY:-}" ]] && exit 0
 start_server "$work/report"
 out=$(wrk -t1 -c1 -d5s --latency "http://$addr/report")
 echo "GET /report, c=1, 5 s, store filled above: p50 $(echo "$out" | awk '$1=="50%" {print $2}'), p99 $(echo "$out" | awk '$1=="99%" {print $2}'), $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s"

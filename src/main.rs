@@ -12,15 +12,22 @@ use classifier_api::{rss, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+
 fn main() -> ExitCode {
     // Before any thread exists (see the function for the memory it saves).
     let one_arena = rss::single_malloc_arena();
+    let lean_mimalloc = rss::lean_mimalloc();
     // TensorFlow's C++ INFO lines ("oneDNN custom operations are on" ...) drown our own logs.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "2");
     }
     let cli = Cli::parse();
     let log = telemetry::init(cli.settings.log_format);
+    if !lean_mimalloc {
+        tracing::warn!(
+            "mimalloc's memory settings are not as this build expects; peak RSS will be higher"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
