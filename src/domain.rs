@@ -290,7 +290,11 @@ mod tests {
         // Twice over, and past the per-thread capacity, so answers come from the memory too.
         for round in 0..2 {
             for raw in cases {
-                assert_eq!(ImageUrl::parse_remembered(raw), ImageUrl::parse(raw), "{raw}");
+                assert_eq!(
+                    ImageUrl::parse_remembered(raw),
+                    ImageUrl::parse(raw),
+                    "{raw}"
+                );
             }
             for i in 0..300 {
                 let raw = format!("http://a.com/{round}/{i}");
@@ -298,7 +302,9 @@ mod tests {
             }
         }
         assert_eq!(
-            ImageUrl::parse_remembered("http://A.COM:80/x.jpg#frag").unwrap().as_str(),
+            ImageUrl::parse_remembered("http://A.COM:80/x.jpg#frag")
+                .unwrap()
+                .as_str(),
             "http://a.com/x.jpg"
         );
     }

@@ -12,7 +12,6 @@ use classifier_api::{rss, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 fn main() -> ExitCode {
     // Before any thread exists (see the function for the memory it saves).
     let one_arena = rss::single_malloc_arena();

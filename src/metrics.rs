@@ -64,10 +64,12 @@ fn recording() -> bool {
     matches!(HANDLE.get(), Some(Some(_)))
 }
 
+/// Per (route, status): the request counter and the route's duration histogram.
+type RequestHandles = HashMap<(&'static str, u16), (Counter, Histogram)>;
+
 thread_local! {
     /// Bounded: routes are a closed set, and statuses the few this server answers.
-    static REQUEST_HANDLES: RefCell<HashMap<(&'static str, u16), (Counter, Histogram)>> =
-        RefCell::new(HashMap::new());
+    static REQUEST_HANDLES: RefCell<RequestHandles> = RefCell::new(HashMap::new());
     /// Bounded: two metric names, five outcomes.
     static OUTCOME_HANDLES: RefCell<HashMap<(&'static str, &'static str), Counter>> =
         RefCell::new(HashMap::new());

@@ -36,7 +36,10 @@ pub fn init(format: LogFormat) -> LogGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(Paced(BufWriter::with_capacity(64 * 1024, std::io::stderr())));
+        .finish(Paced(BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        )));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -117,13 +120,18 @@ mod tests {
     #[test]
     fn timestamps_read_as_rfc3339_with_microseconds() {
         let mut line = String::new();
-        Rfc3339Micros.format_time(&mut Writer::new(&mut line)).unwrap();
+        Rfc3339Micros
+            .format_time(&mut Writer::new(&mut line))
+            .unwrap();
         // 2026-12-02T09:56:02.119812Z
         assert_eq!(line.len(), 27, "{line}");
         let (date, rest) = line.split_once('T').unwrap();
         assert_eq!(date.split('-').count(), 3, "{line}");
         assert!(rest.ends_with('Z') && rest.as_bytes()[8] == b'.', "{line}");
         let expected = time::OffsetDateTime::now_utc();
-        assert!(line.starts_with(&format!("{:04}-", expected.year())), "{line}");
+        assert!(
+            line.starts_with(&format!("{:04}-", expected.year())),
+            "{line}"
+        );
     }
 }

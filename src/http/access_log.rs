@@ -7,7 +7,6 @@ use warp::http::{HeaderValue, Method};
 use warp::path::FullPath;
 use warp::reply::Response;
 
-
 const HEADER: &str = "x-request-id";
 
 /// The request's route as a metrics label: a fixed set, never the raw path.

@@ -83,8 +83,9 @@ fn header_text(
     name: &'static str,
 ) -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
     warp::header::optional::<String>(name)
-        .or(warp::header::value(name)
-            .map(|v: warp::http::HeaderValue| Some(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .or(warp::header::value(name).map(|v: warp::http::HeaderValue| {
+            Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+        }))
         .unify()
         // Unreachable: the first filter takes an absent header, the second any present one.
         .or(warp::any().map(|| None))

@@ -6,8 +6,8 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Input, Request};
 use super::body::too_large;
+use super::{Input, Request};
 use crate::domain::{ImageUrl, TopK};
 use crate::error::ApiError;
 
