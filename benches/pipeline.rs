@@ -295,14 +295,17 @@ impl Anchored {
     }
 }
 
-/// As in the server's `main.rs`, so end-to-end figures are the server's.
+/// Allocation as the server's `main.rs` sets it up, so end-to-end figures are the server's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    // Allocate as the server's `main` does, so end-to-end figures are the server's.
+fn allocate_as_the_server() {
     classifier_api::rss::single_malloc_arena();
     classifier_api::rss::lean_mimalloc();
+}
+
+fn main() {
+    allocate_as_the_server();
     let quick = quick();
     if quick {
         println!("smoke run (not `cargo bench`): every path once or twice; the figures are not measurements");

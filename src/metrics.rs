@@ -53,9 +53,29 @@ pub fn install() -> Option<PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A recorder installed with `install_recorder` keeps every histogram sample until someone runs
+/// its upkeep, which a scrape does, so without scrapes its memory grew without bound: 2 MB a
+/// second at 100 000 cached hits a second (peak RSS 404 MiB after a minute of them). A thread,
+/// not a task: the recorder is the process's, and outlives any runtime (tests start many).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples wait for scrapes");
+    }
 }
 
 /// Whether this process's recorder is installed. Until it is, a handle would be a no-op one for
