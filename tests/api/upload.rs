@@ -446,3 +446,37 @@ async fn the_same_bytes_cost_one_inference_whatever_their_url_or_upload() {
     }
     assert_eq!(inferences().await, 2.0);
 }
+
+/// An upload refused before its body was read says `Connection: close`: the rest of its body
+/// cannot be told from a next request, so the connection is not reused (a pooled client sending
+/// its next request on it would see it closed under that request). An answer after the whole
+/// body keeps the connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_is_read_closes_the_connection() {
+    let app = spawn_app().await;
+    let connection = |r: &reqwest::Response| {
+        r.headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let refused = app
+        .client
+        .post(app.url("/classify-image"))
+        .header("content-type", "text/plain")
+        .body(vec![b'x'; 256 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(connection(&refused).as_deref(), Some("close"));
+    let answered = app
+        .client
+        .post(app.url("/classify-image"))
+        .header("content-type", "image/gif")
+        .body(photo("cat.bmp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(connection(&answered), None);
+}

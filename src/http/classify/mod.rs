@@ -12,6 +12,7 @@ mod multipart;
 
 use bytes::Bytes;
 use std::time::Instant;
+use warp::http::header::CONNECTION;
 use warp::http::HeaderValue;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -80,6 +81,7 @@ async fn handle(
     body: BodyStream,
     service: ClassifyService,
 ) -> Response {
+    let mut body_read = false;
     let result = async {
         // Before the body is read: an upload is buffered only under an admission.
         let admitted = service.admit()?;
@@ -92,6 +94,7 @@ async fn handle(
             service.max_image_bytes(),
         )
         .await?;
+        body_read = true;
         let top_k = match (request.top_k, query_top_k) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::InvalidRequest(
@@ -110,7 +113,20 @@ async fn handle(
             answer.processing_time,
             top_k,
         )),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            let mut response = error_response(&e);
+            if !body_read {
+                // Refused before its body was read to the end (too large, wrong type, a bad
+                // part, no admission): what is left of the body would be taken for the next
+                // request, so hyper drops the connection after this answer. Saying so keeps a
+                // client from sending its next request on it (it would fail as an incomplete
+                // message, as a test's pooled client once did).
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     }
 }
 
