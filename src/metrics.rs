@@ -103,27 +103,35 @@ pub fn record_request(route: &'static str, status: u16, seconds: f64) {
             metrics::histogram!(HTTP_DURATION, "route" => route),
         )
     };
-    if !recording() {
-        return;
-    }
-    REQUEST_HANDLES.with_borrow_mut(|handles| {
-        let (requests, duration) = handles.entry((route, status)).or_insert_with(register);
-        requests.increment(1);
-        duration.record(seconds);
-    });
+    with_handle(
+        &REQUEST_HANDLES,
+        (route, status),
+        register,
+        |(requests, duration)| {
+            requests.increment(1);
+            duration.record(seconds);
+        },
+    );
 }
 
 /// One cache lookup: `name{outcome}` + 1 (`name` is [`CACHE_LOOKUPS`] or [`CONTENT_LOOKUPS`]).
 pub fn count_outcome(name: &'static str, outcome: &'static str) {
-    if !recording() {
-        return;
-    }
-    OUTCOME_HANDLES.with_borrow_mut(|handles| {
-        handles
-            .entry((name, outcome))
-            .or_insert_with(|| metrics::counter!(name, "outcome" => outcome))
-            .increment(1);
+    let register = || metrics::counter!(name, "outcome" => outcome);
+    with_handle(&OUTCOME_HANDLES, (name, outcome), register, |c| {
+        c.increment(1)
     });
+}
+
+/// `record` on this thread's handle for `key`, registered first if this thread has none yet.
+fn with_handle<K: Eq + std::hash::Hash, H>(
+    handles: &'static std::thread::LocalKey<RefCell<HashMap<K, H>>>,
+    key: K,
+    register: impl FnOnce() -> H,
+    record: impl FnOnce(&H),
+) {
+    if recording() {
+        handles.with_borrow_mut(|handles| record(handles.entry(key).or_insert_with(register)));
+    }
 }
 
 fn describe() {

@@ -61,13 +61,8 @@ where
             let allowed = allow(&for_preflight, &origin);
             async move { allowed.map(preflight_response).ok_or_else(warp::reject) }
         });
-    // Absent (most requests) or plain text without a rejection, which warp allocates; an odd
-    // value through the second filter, as it is.
-    let origin = warp::header::optional::<HeaderValue>("origin")
-        .or(warp::header::value("origin").map(Some))
-        .unify()
-        .or(warp::any().map(|| None))
-        .unify();
+    // An odd value as it is: it matches no allowed origin.
+    let origin = super::header_or_raw::<HeaderValue>("origin", |v| v);
     let actual = origin
         .and(api)
         .map(move |origin, response| decorate(&origins, origin, response));
