@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use crate::auth::{load_or_create_root_key, KeyPair};
 use crate::classify::image::ResizeFilter;
+use crate::client::TrustedProxies;
+use crate::ratelimit::{RateLimitConfig, RateSetting};
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
 #[derive(Clone)]
@@ -121,6 +123,16 @@ fn parse_origin(text: &str) -> Result<String, String> {
 }
 
 impl Settings {
+    /// The four limits; a user's unset one is derived from the address limit in `ratelimit`.
+    pub fn rate_limits(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            all: self.rate_limit.0,
+            cold: self.rate_limit_cold.0,
+            user_all: self.rate_limit_user.map(|r| r.0),
+            user_cold: self.rate_limit_user_cold.map(|r| r.0),
+        }
+    }
+
     /// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created
     /// on first use. Here because both the server and the offline `key`/`token` commands need it.
     pub fn load_root_key(&self) -> anyhow::Result<KeyPair> {
@@ -156,6 +168,48 @@ pub struct Settings {
         global = true
     )]
     pub cors_origins: CorsOrigins,
+
+    /// Proxies in front of the service whose `X-Forwarded-For` (else `Forwarded: for=`) is
+    /// believed: comma-separated CIDRs or addresses, e.g. `10.0.0.0/8,127.0.0.1`. The client is
+    /// then the right-most forwarded address that is not one of them. Unset: the TCP peer is the
+    /// client and those headers are ignored.
+    #[arg(
+        long,
+        env = "CLASSIFIER_TRUSTED_PROXIES",
+        default_value = "",
+        hide_default_value = true,
+        global = true
+    )]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Per-client limit on all `/classify-image` requests: `N/s|min|h` with an optional
+    /// `,burst=B` (default N), e.g. `600/min,burst=100`; `off` for none. Over it: 429.
+    #[arg(
+        long,
+        env = "CLASSIFIER_RATE_LIMIT",
+        default_value = "off",
+        global = true
+    )]
+    pub rate_limit: RateSetting,
+
+    /// Per-client limit on requests that miss the cache (a download or an inference), e.g.
+    /// `30/min`; `off` for none. Only a miss is charged, before its download.
+    #[arg(
+        long,
+        env = "CLASSIFIER_RATE_LIMIT_COLD",
+        default_value = "off",
+        global = true
+    )]
+    pub rate_limit_cold: RateSetting,
+
+    /// The limit for a request with a valid bearer token, counted per user (default: 10 x
+    /// --rate-limit; `off`: users are not limited).
+    #[arg(long, env = "CLASSIFIER_RATE_LIMIT_USER", global = true)]
+    pub rate_limit_user: Option<RateSetting>,
+
+    /// The cold limit per user (default: 10 x --rate-limit-cold).
+    #[arg(long, env = "CLASSIFIER_RATE_LIMIT_USER_COLD", global = true)]
+    pub rate_limit_user_cold: Option<RateSetting>,
 
     /// Directory for the database (cache, statistics, users, keys).
     #[arg(

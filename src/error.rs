@@ -8,6 +8,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 
 use crate::auth::AuthError;
+use crate::ratelimit::Refused;
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("too many failed login attempts; retry in {0} s")]
     TooManyAttempts(u64),
+    /// Over a per-client rate limit: `budget` names it (`all` or `cold`), `.1` is Retry-After.
+    #[error("rate limit `{0}` reached; retry in {1} s")]
+    RateLimited(&'static str, u64),
     /// The cause is logged where it happens, never sent to the client.
     #[error("internal error")]
     Internal,
@@ -62,7 +66,7 @@ impl ApiError {
             Self::MissingToken | Self::InvalidToken | Self::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -95,6 +99,7 @@ impl ApiError {
             Self::InvalidToken => "invalid_token",
             Self::InvalidCredentials => "invalid_credentials",
             Self::TooManyAttempts(_) => "too_many_attempts",
+            Self::RateLimited(..) => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -144,6 +149,12 @@ impl From<AuthError> for ApiError {
                 Self::Internal
             }
         }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        Self::RateLimited(r.budget.name(), r.retry_after_secs)
     }
 }
 

@@ -20,6 +20,8 @@
 //! - `storage`: results (memory tier over a backend) and request statistics (batched), behind the
 //!   `CacheStore`/`StatsStore` seam; backends: redb (default) and in-memory.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
+//! - `ratelimit`: per-client budgets (all requests, cache misses) on `governor`'s buckets;
+//!   `client`: who the client is (the peer, or behind `--trusted-proxies` what they forwarded).
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox.
 //! - `localdb`: the per-replica redb file: opening it, every table (`localdb::schema`), and the
 //!   one blocking helper for its transactions.
@@ -33,6 +35,7 @@
 mod auth;
 pub mod classify;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -42,6 +45,7 @@ mod history;
 mod http;
 pub mod localdb;
 mod metrics;
+pub mod ratelimit;
 mod report;
 pub mod rss;
 mod shutdown;

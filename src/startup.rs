@@ -23,6 +23,7 @@ use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
 use crate::http::{ModelInfo, Ops, Services};
 use crate::localdb::LocalDb;
+use crate::ratelimit::RateLimits;
 use crate::report::ReportService;
 use crate::storage::{BackendKind, Storage, StorageConfig};
 
@@ -34,6 +35,8 @@ const ES_DRAIN: Duration = Duration::from_secs(5);
 /// A lease on computing a URL outlives the download's own timeout by this much (decode and
 /// inference), so it expires only when its holder is gone, not while it is still working.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// How often refilled rate-limit buckets are dropped.
+const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(10);
 
 pub struct Application {
     listener: TcpListener,
@@ -88,6 +91,8 @@ impl Application {
                 reporter,
             },
             cors: settings.cors_origins.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            rate_limits: build_rate_limits(&settings),
         };
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -155,6 +160,18 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The per-client limits, and the sweep that drops refilled buckets (memory follows the
+/// clients of the last few seconds, not every client ever seen).
+fn build_rate_limits(settings: &Settings) -> RateLimits {
+    let limits = RateLimits::new(settings.rate_limits());
+    if limits.enabled() {
+        // The task ends with the runtime.
+        drop(limits.spawn_sweeper(RATE_LIMIT_SWEEP));
+        tracing::info!(config = ?settings.rate_limits(), "rate limits on");
+    }
+    limits
 }
 
 /// The Prometheus recorder (`None` with `--disable-metrics`), with the model's info gauge set.

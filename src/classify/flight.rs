@@ -4,9 +4,14 @@
 //!
 //! - A failure reaches everyone waiting on that flight and is never cached: the next request
 //!   computes again. Waiting replicas do not share another replica's errors; they compute.
-//! - The lookup and the computation run in a spawned task, so a client that goes away neither
-//!   cancels the work others wait for nor strands them. If the computation panics, the panic
-//!   resumes in the request that supplied it, and the waiting requests retry with their own.
+//! - The computation runs in a spawned task, so a client that goes away neither cancels the
+//!   work others wait for nor strands them (one that goes away during the backend lookup before
+//!   it leaves its flight without a result, and a waiter leads instead). If the computation
+//!   panics, the panic resumes in the request that supplied it, and the waiting requests retry
+//!   with their own.
+//! - A request that must compute is first charged for it ([`SingleFlight::get_or_compute_charged`],
+//!   the cold rate limit): a refused leader leaves without a result, so its waiters lead or join
+//!   anew, each charged on its own account, and none is given another client's refusal.
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +114,22 @@ impl SingleFlight {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
+        self.get_or_compute_charged(key, || Ok(()), compute).await
+    }
+
+    /// As [`get_or_compute`](Self::get_or_compute), but `charge` is asked first when this request
+    /// is the one that must compute (not in memory, not in the backend, no flight to join); its
+    /// error is this request's answer alone.
+    pub async fn get_or_compute_charged<F, Fut>(
+        &self,
+        key: &str,
+        charge: impl FnOnce() -> Result<(), ApiError>,
+        compute: F,
+    ) -> Result<(Classification, CacheOutcome), ApiError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
         loop {
             // Fast path without the flights lock.
             if let Some(hit) = self.inner.cache.memory_get(key) {
@@ -124,7 +145,7 @@ impl SingleFlight {
                     // The leader died before publishing: lead a new flight, or join one.
                     Err(_) => continue,
                 },
-                Role::Lead(tx, id) => return self.lead(key, tx, id, compute).await,
+                Role::Lead(tx, id) => return self.lead(key, tx, id, charge, compute).await,
             }
         }
     }
@@ -155,22 +176,31 @@ impl SingleFlight {
         key: &str,
         tx: watch::Sender<Option<Outcome>>,
         id: u64,
+        charge: impl FnOnce() -> Result<(), ApiError>,
         compute: F,
     ) -> Result<(Classification, CacheOutcome), ApiError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
+        // Removes the flight however this ends (a refusal, a panic, a dropped request), so
+        // later calls start afresh.
+        let flight = FlightGuard {
+            inner: Arc::clone(&self.inner),
+            key: key.to_owned(),
+            id,
+        };
+        if let Some(hit) = self.inner.cache.backend_get(key).await {
+            let _ = tx.send(Some(Ok(hit.clone())));
+            return Ok((hit, CacheOutcome::DiskHit));
+        }
+        // Refused: `tx` goes without a value, and the waiters try again on their own account.
+        charge()?;
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
         let task = tokio::spawn(async move {
-            // Removes the flight even if compute panics, so later calls start afresh.
-            let _flight = FlightGuard {
-                inner: Arc::clone(&inner),
-                key: key.clone(),
-                id,
-            };
-            let (result, outcome) = inner.lookup_or_compute(&key, compute).await;
+            let _flight = flight;
+            let (result, outcome) = inner.lease_and_compute(&key, compute).await;
             // No one waiting is fine.
             let _ = tx.send(Some(result.clone()));
             result.map(|c| (c, outcome))
@@ -185,15 +215,13 @@ impl SingleFlight {
 }
 
 impl Inner {
-    /// The backend tier, then the computation under the backend's lease. Runs once per flight.
-    async fn lookup_or_compute<F, Fut>(&self, key: &str, compute: F) -> (Outcome, CacheOutcome)
+    /// The computation under the backend's lease (after the backend tier missed). Runs once per
+    /// flight.
+    async fn lease_and_compute<F, Fut>(&self, key: &str, compute: F) -> (Outcome, CacheOutcome)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Outcome>,
     {
-        if let Some(hit) = self.cache.backend_get(key).await {
-            return (Ok(hit), CacheOutcome::DiskHit);
-        }
         match self.cache.try_lease(key, self.lease_ttl).await {
             Ok(Some(lease)) => (
                 self.compute_and_cache(key, compute, Some(lease)).await,
@@ -427,6 +455,68 @@ mod tests {
         assert_eq!(f.storage.backend().get("k").await.unwrap(), None);
         let (_, o) = f.spawn(&open_gate().1, Ok(cat())).await.unwrap().unwrap();
         assert_eq!((o, f.calls()), (CacheOutcome::Fresh, 2));
+    }
+
+    /// Only the request that computes pays: joiners, memory hits and backend hits are free, and
+    /// a refusal is its own request's answer, never shared or cached.
+    #[tokio::test]
+    async fn only_the_computing_request_is_charged() {
+        let f = fixture(LEASE).await;
+        let charged = Arc::new(AtomicUsize::new(0));
+        let charge = |allow: bool| {
+            let charged = Arc::clone(&charged);
+            move || {
+                charged.fetch_add(1, Ordering::SeqCst);
+                if allow {
+                    Ok(())
+                } else {
+                    Err(ApiError::Overloaded)
+                }
+            }
+        };
+        let (gate_tx, gate) = watch::channel(false);
+        let refused = f
+            .flight
+            .get_or_compute_charged("k", charge(false), gated(&f.calls, None, &gate, Ok(cat())))
+            .await;
+        assert!(matches!(refused, Err(ApiError::Overloaded)), "{refused:?}");
+        assert_eq!((f.calls(), charged.load(Ordering::SeqCst)), (0, 1));
+        let requests: Vec<_> = (0..5)
+            .map(|_| {
+                let (flight, compute) = (f.flight.clone(), gated(&f.calls, None, &gate, Ok(cat())));
+                let charge = charge(true);
+                tokio::spawn(
+                    async move { flight.get_or_compute_charged("k", charge, compute).await },
+                )
+            })
+            .collect();
+        settle().await;
+        gate_tx.send_replace(true);
+        for r in requests {
+            assert_eq!(r.await.unwrap().unwrap().0, cat());
+        }
+        assert_eq!((f.calls(), charged.load(Ordering::SeqCst)), (1, 2));
+        // A memory hit is not asked, nor is a backend hit (another replica's result).
+        let hit = f.flight.get_or_compute_charged(
+            "k",
+            charge(false),
+            gated(&f.calls, None, &gate, Ok(cat())),
+        );
+        assert_eq!(hit.await.unwrap().1, CacheOutcome::MemoryHit);
+        let entry = CachedResult {
+            label: "computed elsewhere".into(),
+            confidence: 0.5,
+            runners_up: Arc::from([]),
+            expires_at_ms: u64::MAX,
+        };
+        f.storage.backend().put("k2", entry).await.unwrap();
+        let hit = f.flight.get_or_compute_charged(
+            "k2",
+            charge(false),
+            gated(&f.calls, None, &gate, Ok(cat())),
+        );
+        assert_eq!(hit.await.unwrap().1, CacheOutcome::DiskHit);
+        assert_eq!(charged.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -82,12 +82,14 @@ impl ClassifyService {
     }
 
     /// Cached by URL, else downloaded and classified by content (one download per URL however
-    /// many ask at once). Counted under the URL, and only when it succeeds.
+    /// many ask at once). Counted under the URL, and only when it succeeds. `cold` is asked
+    /// before a download (the cold rate limit); its error is the answer.
     pub async fn classify_url(
         &self,
         _admitted: &Admission<'_>,
         url: ImageUrl,
         arrived: Instant,
+        cold: impl FnOnce() -> Result<(), ApiError>,
     ) -> Result<Answer, ApiError> {
         let inner = &self.inner;
         // A hit in memory needs none of the handles the computation takes with it.
@@ -97,10 +99,11 @@ impl ClassifyService {
         let (pipeline, flight, key) = (inner.pipeline.clone(), inner.flight.clone(), url.clone());
         let (classification, outcome) = inner
             .flight
-            .get_or_compute(url.as_str(), move || async move {
+            .get_or_compute_charged(url.as_str(), cold, move || async move {
                 let bytes = pipeline.download(&key).await?;
                 let hash = content_hash(&bytes).await?;
-                by_content(&flight, &pipeline, hash, bytes)
+                // Charged already: the download was the cost, whatever the content level finds.
+                by_content(&flight, &pipeline, hash, bytes, || Ok(()))
                     .await
                     .map(|(c, _)| c)
             })
@@ -109,15 +112,17 @@ impl ClassifyService {
     }
 
     /// Uploaded bytes, by their content hash. Counted under the hash, and only when it succeeds.
+    /// `cold` is asked before an inference.
     pub async fn classify_upload(
         &self,
         _admitted: &Admission<'_>,
         bytes: Bytes,
         arrived: Instant,
+        cold: impl FnOnce() -> Result<(), ApiError>,
     ) -> Result<Answer, ApiError> {
         let hash = content_hash(&bytes).await?;
         let (classification, outcome) =
-            by_content(&self.inner.flight, &self.inner.pipeline, hash, bytes).await?;
+            by_content(&self.inner.flight, &self.inner.pipeline, hash, bytes, cold).await?;
         Ok(self.finish(Subject::Upload(hash), classification, outcome, arrived))
     }
 
@@ -145,10 +150,11 @@ async fn by_content(
     pipeline: &Pipeline,
     hash: ContentHash,
     bytes: Bytes,
+    cold: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<(Classification, CacheOutcome), ApiError> {
     let pipeline = pipeline.clone();
     let found = flight
-        .get_or_compute(&hash.key(), move || async move {
+        .get_or_compute_charged(&hash.key(), cold, move || async move {
             pipeline.classify_bytes(bytes).await
         })
         .await?;

@@ -1,6 +1,7 @@
 //! One log line and one metrics sample per request, and an `X-Request-Id` on every answer
 //! (the caller's, when it sent a sane one, else a new one), so a client's report can be matched
 //! to our log line.
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use warp::http::{HeaderValue, Method};
@@ -54,6 +55,7 @@ pub fn finish(
     method: Method,
     path: FullPath,
     request_id: Option<String>,
+    client: Option<IpAddr>,
     mut response: Response,
 ) -> Response {
     let id = accepted(request_id).unwrap_or_else(generate);
@@ -69,6 +71,8 @@ pub fn finish(
         // From nanoseconds, so the number prints short (0.004663, not 0.0046630000000000005).
         duration_ms = elapsed.as_nanos() as f64 / 1e6,
         request_id = %id,
+        // The derived client (behind trusted proxies, the one they forwarded for).
+        client = client.map(tracing::field::display),
         "request"
     );
     crate::metrics::record_request(route, status, elapsed.as_secs_f64());

@@ -3,6 +3,7 @@
 mod access_log;
 mod auth;
 mod classify;
+mod client;
 mod cors;
 mod history;
 mod model;
@@ -18,10 +19,13 @@ use warp::{Filter, Reply};
 
 use crate::auth::Auth;
 use crate::classify::ClassifyService;
+use crate::client::TrustedProxies;
 use crate::config::CorsOrigins;
 use crate::history::History;
+use crate::ratelimit::RateLimits;
 use crate::report::ReportService;
 
+pub use classify::Metering;
 pub use model::ModelInfo;
 pub use ops::Ops;
 
@@ -36,12 +40,20 @@ pub struct Services {
     pub ops: Ops,
     /// The origins whose pages may call the API from a browser.
     pub cors: CorsOrigins,
+    /// The proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Per-client limits on classify requests.
+    pub rate_limits: RateLimits,
 }
 
 pub fn routes(
     services: Services,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let model_version = services.model.version();
+    let metering = Metering {
+        limits: services.rate_limits,
+        auth: services.auth.clone(),
+    };
     // Boxed (an `Arc`): warp keeps a copy of a filter's not-yet-tried alternatives and later
     // steps in every request's future, so without the boxes each request cloned every route's
     // handles (5% of a cached hit in `perf`); now two reference counts.
@@ -59,7 +71,8 @@ pub fn routes(
         .or(web::route())
         .unify()
         .boxed();
-    let api = classify::route(services.classify, model_version)
+    let trusted = &services.trusted_proxies;
+    let api = classify::route(services.classify, model_version, metering, trusted)
         .or(others)
         .unify()
         .boxed()
@@ -70,6 +83,7 @@ pub fn routes(
         .and(warp::method())
         .and(warp::path::full())
         .and(header_text("x-request-id"))
+        .and(client::addr(trusted))
         .and(cors::wrap(services.cors, api))
         .map(access_log::finish)
 }

@@ -17,7 +17,7 @@ pub fn error_response(error: &ApiError) -> Response {
     if error.status() == StatusCode::UNAUTHORIZED {
         headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
     }
-    if let ApiError::TooManyAttempts(secs) = error {
+    if let ApiError::TooManyAttempts(secs) | ApiError::RateLimited(_, secs) = error {
         headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
     }
     unavailable_says_when(&mut response);

@@ -13,6 +13,7 @@ mod history;
 mod model;
 mod ops;
 mod process;
+mod ratelimit;
 mod report;
 mod secret;
 mod ssrf;

@@ -32,7 +32,7 @@ fn cli(data_dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Out
     child.wait_with_output().unwrap()
 }
 
-fn add_user(data_dir: &Path, name: &str, password: &str) {
+pub(crate) fn add_user(data_dir: &Path, name: &str, password: &str) {
     let out = cli(
         data_dir,
         &["user", "add", name, "--password-stdin"],

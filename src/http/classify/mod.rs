@@ -8,6 +8,7 @@
 //! 16 KiB of every JSON body. The format is sniffed from the bytes, never taken from the header.
 mod body;
 mod json;
+mod metered;
 mod multipart;
 
 use bytes::Bytes;
@@ -22,9 +23,12 @@ use super::rejection::MAX_REQUEST_BODY;
 use super::reply::{error_response, json_response};
 use super::with;
 use crate::classify::{Admission, Answer, ClassifyService};
+use crate::client::TrustedProxies;
 use crate::domain::{ClassifyResponse, ImageUrl, TopK};
 use crate::error::ApiError;
 use body::{BodyStream, Limit};
+use metered::Metered;
+pub use metered::Metering;
 
 /// What to classify.
 #[derive(Debug)]
@@ -54,11 +58,23 @@ const RAW_TYPES: [&str; 6] = [
 pub fn route(
     service: ClassifyService,
     model_version: HeaderValue,
+    metering: Metering,
+    trusted: &TrustedProxies,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("classify-image")
         .and(warp::post())
         // Taken before the body is read: processing_time runs from the request's arrival.
         .map(Instant::now)
+        .and(super::client::addr(trusted))
+        .and(super::header_text("authorization"))
+        .and(with(metering))
+        .then(
+            |arrived, addr, authorization: Option<String>, metering| async move {
+                let metered = Metered::identify(&metering, addr, authorization.as_deref()).await;
+                (arrived, metered)
+            },
+        )
+        .untuple_one()
         .and(super::header_text("content-type"))
         .and(super::header_text("content-length"))
         .and(super::raw_query())
@@ -75,6 +91,7 @@ pub fn route(
 
 async fn handle(
     arrived: Instant,
+    mut metered: Metered,
     content_type: Option<String>,
     content_length: Option<String>,
     query: Option<String>,
@@ -83,7 +100,9 @@ async fn handle(
 ) -> Response {
     let mut body_read = false;
     let result = async {
-        // Before the body is read: an upload is buffered only under an admission.
+        // Before the body is read: a refused request costs no upload.
+        metered.check_all()?;
+        // An upload is buffered only under an admission.
         let admitted = service.admit()?;
         let content_length = parse_length(content_length.as_deref())?;
         let query_top_k = top_k_param(query.as_deref())?;
@@ -103,11 +122,12 @@ async fn handle(
             }
             (body, query) => body.or(query),
         };
-        let answer = classify(&service, &admitted, request.input, arrived).await?;
+        let cold = || metered.check_cold();
+        let answer = classify(&service, &admitted, request.input, arrived, cold).await?;
         Ok((answer, top_k))
     }
     .await;
-    match result {
+    let mut response = match result {
         Ok((answer, top_k)) => json_response(&ClassifyResponse::new(
             &answer.classification,
             answer.processing_time,
@@ -127,7 +147,9 @@ async fn handle(
             }
             response
         }
-    }
+    };
+    metered.annotate(&mut response);
+    response
 }
 
 async fn classify(
@@ -135,10 +157,15 @@ async fn classify(
     admitted: &Admission<'_>,
     input: Input,
     arrived: Instant,
+    cold: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Answer, ApiError> {
     match input {
-        Input::Url(url) => service.classify_url(admitted, url, arrived).await,
-        Input::Upload(bytes) => service.classify_upload(admitted, bytes, arrived).await,
+        Input::Url(url) => service.classify_url(admitted, url, arrived, cold).await,
+        Input::Upload(bytes) => {
+            service
+                .classify_upload(admitted, bytes, arrived, cold)
+                .await
+        }
     }
 }
 
