@@ -117,6 +117,32 @@ async fn json_logs_have_one_line_per_request() {
     assert_eq!(line["method"], "POST");
     assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(line["client"], "127.0.0.1");
+}
+
+/// Behind a trusted proxy the access line names the client it forwarded for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_forwarded_client() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let args = &["--log-format", "json", "--trusted-proxies", "127.0.0.0/8"];
+    let server = start(data_dir.path(), args, vec![]).await;
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(server.url("/healthz"))
+        .header("x-forwarded-for", "2001:db8::7, 127.0.0.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = stop(server).await;
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request")
+        .unwrap_or_else(|| panic!("no access line in\n{log}"));
+    assert_eq!(line["client"], "2001:db8::7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
