@@ -494,6 +494,23 @@ mod tests {
     }
 
     #[test]
+    fn users_can_be_left_unlimited() {
+        let (limits, _clock) = limits(RateLimitConfig {
+            all: rate("1/min"),
+            user_all: Some(None),
+            ..Default::default()
+        });
+        let alice = Client::User("alice".into());
+        for _ in 0..100 {
+            assert_eq!(limits.check(Budget::All, &alice), Ok(None));
+        }
+        assert_eq!(limits.policy_header(&alice), None);
+        let me = addr("198.51.100.1");
+        limits.check(Budget::All, &me).unwrap();
+        assert!(limits.check(Budget::All, &me).is_err());
+    }
+
+    #[test]
     fn headers() {
         let (limits, _clock) = limits(RateLimitConfig {
             all: rate("600/min,burst=100"),

@@ -23,7 +23,8 @@ const ALLOW_METHODS: &str = "GET, HEAD, POST";
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-Request-Id";
 /// What a page's script may read besides the CORS-safe headers: the id to quote in a bug
 /// report, and how long to wait after a 429 or 503.
-const EXPOSE_HEADERS: &str = "X-Request-Id, Retry-After, X-Model-Version";
+const EXPOSE_HEADERS: &str =
+    "X-Request-Id, Retry-After, X-Model-Version, RateLimit, RateLimit-Policy";
 /// How long a browser may reuse a preflight answer, in seconds: ten minutes keeps the extra
 /// round trip rare, yet a changed `--cors-origins` reaches browsers soon (Chromium caps it at 2 h).
 const MAX_AGE_SECS: u32 = 600;

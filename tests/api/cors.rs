@@ -67,7 +67,7 @@ fn assert_readable_by(headers: &HeaderMap, origin: &str) {
     assert_eq!(header(headers, "access-control-allow-origin"), Some(origin));
     assert_eq!(
         header(headers, "access-control-expose-headers"),
-        Some("X-Request-Id, Retry-After, X-Model-Version")
+        Some("X-Request-Id, Retry-After, X-Model-Version, RateLimit, RateLimit-Policy")
     );
     assert_eq!(header(headers, "vary"), Some("Origin"));
     assert!(headers.contains_key("x-request-id"));
