@@ -172,6 +172,31 @@ cached_hits "metrics off, access log off"
 without=$rps_last
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 python3 -c "print(f'metrics+logging overhead on cached hits: {$with}/{$without} = {$with/$without:.3f} of the throughput without')"
+
+# The rate limiter's cost on cached hits: two servers alike but for limits that never refuse
+# (both budgets, one client), loaded in alternating rounds.
+start_server "$work/limits-off"; off_addr=$addr; off_pid=$server_pid
+start_server "$work/limits-on" --rate-limit 1000000000/s --rate-limit-cold 1000000000/s
+on_addr=$addr; on_pid=$server_pid
+limited=()
+for a in "$off_addr" "$on_addr"; do
+  curl -s -X POST -H 'Content-Type: application/json' \
+    -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$a/classify-image" >/dev/null
+done
+for r in $(seq "${BENCH_ROUNDS:-3}"); do
+  load "http://$off_addr/classify-image"; off=$rps
+  load "http://$on_addr/classify-image"
+  echo "  round $r: limits off $off req/s | on $rps req/s, p99 $p99"
+  limited+=("$off" "$rps")
+done
+python3 - "${limited[@]}" <<'PY'
+import statistics, sys
+f = [float(x) for x in sys.argv[1:]]
+ratios = [on / off for off, on in zip(f[0::2], f[1::2])]
+print(f"cached hits with rate limits on (never refusing) = {statistics.median(ratios):.3f} x off "
+      f"(target >= 0.95; median of {len(ratios)} rounds)")
+PY
+kill "$off_pid" "$on_pid"; wait "$off_pid" "$on_pid" 2>/dev/null || true
 echo "peak RSS (VmHWM) after start, cold c=8 and cached-hit loads: $((rss / 1024)) MiB (target < 400 MB = 381 MiB)"
 
 [[ -n "${BENCH_HTTP_ONLY:-}" ]] && exit 0
