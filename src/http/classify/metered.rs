@@ -18,8 +18,8 @@ pub struct Metering {
     pub auth: Auth,
 }
 
-pub struct Metered {
-    limits: RateLimits,
+pub struct Metered<'a> {
+    limits: &'a RateLimits,
     /// `None` when no limit is set (or, in warp's tests, there is no peer): nothing is checked.
     client: Option<Client>,
     all: Option<Standing>,
@@ -27,11 +27,11 @@ pub struct Metered {
     cold: OnceLock<Standing>,
 }
 
-impl Metered {
+impl<'a> Metered<'a> {
     /// Who the request counts as: the user of a valid bearer token, else the address. A token
     /// that does not verify is no error here (classifying needs none): the address counts.
     pub async fn identify(
-        metering: &Metering,
+        metering: &'a Metering,
         addr: Option<IpAddr>,
         authorization: Option<&str>,
     ) -> Self {
@@ -46,7 +46,7 @@ impl Metered {
             }),
         };
         Self {
-            limits: metering.limits.clone(),
+            limits: &metering.limits,
             client,
             all: None,
             cold: OnceLock::new(),

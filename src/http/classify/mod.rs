@@ -12,6 +12,8 @@ mod metered;
 mod multipart;
 
 use bytes::Bytes;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 use warp::http::header::CONNECTION;
 use warp::http::HeaderValue;
@@ -67,14 +69,13 @@ pub fn route(
         .map(Instant::now)
         .and(super::client::addr(trusted))
         .and(super::header_text("authorization"))
-        .and(with(metering))
-        .then(
-            |arrived, addr, authorization: Option<String>, metering| async move {
-                let metered = Metered::identify(&metering, addr, authorization.as_deref()).await;
-                (arrived, metered)
-            },
-        )
-        .untuple_one()
+        .map(|arrived, addr, authorization| Arrival {
+            arrived,
+            addr,
+            authorization,
+        })
+        // One reference count per request (the limits and auth are two).
+        .and(with(Arc::new(metering)))
         .and(super::header_text("content-type"))
         .and(super::header_text("content-length"))
         .and(super::raw_query())
@@ -89,15 +90,28 @@ pub fn route(
         })
 }
 
-async fn handle(
+/// When the request came and who sent it.
+struct Arrival {
     arrived: Instant,
-    mut metered: Metered,
+    addr: Option<IpAddr>,
+    authorization: Option<String>,
+}
+
+async fn handle(
+    arrival: Arrival,
+    metering: Arc<Metering>,
     content_type: Option<String>,
     content_length: Option<String>,
     query: Option<String>,
     body: BodyStream,
     service: ClassifyService,
 ) -> Response {
+    let Arrival {
+        arrived,
+        addr,
+        authorization,
+    } = arrival;
+    let mut metered = Metered::identify(&metering, addr, authorization.as_deref()).await;
     let mut body_read = false;
     let result = async {
         // Before the body is read: a refused request costs no upload.
