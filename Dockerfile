@@ -22,6 +22,7 @@ WORKDIR /build
 # cmake and nasm, with which turbojpeg-sys builds libjpeg-turbo (static, SIMD): the same script as
 # outside a container (the image has neither).
 COPY scripts/install-build-tools.sh scripts/
+COPY scripts/lib/apt.sh scripts/lib/
 RUN ./scripts/install-build-tools.sh && rm -rf /var/lib/apt/lists/*
 
 # 1) TensorFlow's C library into /build/.deps/libtensorflow, where .cargo/config.toml points

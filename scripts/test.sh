@@ -16,6 +16,7 @@ source "$root/scripts/lib/stage.sh"
 total=$SECONDS
 stage "setup (libtensorflow, assets)" ./scripts/setup.sh
 stage "test servers (osmem-server)" ./scripts/install-osmem.sh
+stage "test servers (redis-server)" ./scripts/install-test-services.sh
 # tests/model_import.rs (part of cargo test) imports Keras files with it; it fails without it.
 stage "keras venv (tensorflow-cpu wheel)" ./scripts/install-keras-venv.sh
 stage "cargo fmt --check" cargo fmt --all -- --check

@@ -10,6 +10,7 @@ use super::agg::{Agg, StatsBatch};
 use super::backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend, TopSnapshot};
 use super::memory::MemoryBackend;
 use super::redb::RedbBackend;
+use super::redis::RedisBackend;
 use super::{StorageConfig, StorageError};
 
 /// The backends this build has.
@@ -17,6 +18,7 @@ use super::{StorageConfig, StorageError};
 pub enum Backend {
     Redb(RedbBackend),
     Memory(MemoryBackend),
+    Redis(RedisBackend),
 }
 
 macro_rules! dispatch {
@@ -24,6 +26,7 @@ macro_rules! dispatch {
         match $self {
             Backend::Redb($b) => $call.await,
             Backend::Memory($b) => $call.await,
+            Backend::Redis($b) => $call.await,
         }
     };
 }
@@ -67,7 +70,7 @@ impl StorageBackend for Backend {
     ) -> Vec<JoinHandle<()>> {
         match &**self {
             Backend::Redb(b) => b.spawn_tasks(config, shutdown),
-            Backend::Memory(_) => Vec::new(),
+            Backend::Memory(_) | Backend::Redis(_) => Vec::new(),
         }
     }
 }

@@ -26,6 +26,9 @@ mod dispatch;
 mod lease;
 mod memory;
 mod redb;
+mod redis;
+#[cfg(test)]
+pub(crate) mod redis_server;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -36,6 +39,7 @@ pub use cache::ResultCache;
 pub use dispatch::Backend;
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
+pub use redis::RedisBackend;
 pub use stats::Stats;
 
 use batcher::Batcher;
@@ -47,6 +51,9 @@ pub enum StorageError {
     Db(#[from] DbError),
     #[error("storage is shut down")]
     Closed,
+    /// Redis refused, failed or did not answer in time (the message says which).
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Tunables of the storage layer. `Default` is the production setting; tests shorten intervals.
@@ -91,6 +98,15 @@ pub enum BackendKind {
     Redb(LocalDb),
     /// This process's memory; nothing survives a restart.
     Memory,
+    /// A Redis server every replica shares (`--redis-url`), under a key prefix.
+    Redis(Box<RedisTarget>),
+}
+
+/// Where the Redis backend connects, and how long a command may take.
+pub struct RedisTarget {
+    pub client: ::redis::Client,
+    pub prefix: String,
+    pub timeout: Duration,
 }
 
 /// Starts the storage layer on the chosen backend.
@@ -102,6 +118,12 @@ pub async fn open(
     let backend = match kind {
         BackendKind::Redb(db) => Backend::Redb(RedbBackend::new(db, Arc::clone(&clock))),
         BackendKind::Memory => Backend::Memory(MemoryBackend::new()),
+        BackendKind::Redis(target) => Backend::Redis(RedisBackend::new(
+            target.client,
+            &target.prefix,
+            Arc::clone(&clock),
+            target.timeout,
+        )?),
     };
     Storage::start(backend, clock, config).await
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{ManualClock, SystemClock};
 use crate::domain::{Classification, ImageUrl, Prediction, Subject};
 use crate::localdb::schema::{CACHE, CACHE_EXPIRY, URL_STATS, URL_STATS_BY_COUNT};
 
@@ -28,6 +28,15 @@ fn on_memory(_: &Path, _: Arc<dyn Clock>) -> MemoryBackend {
 
 fn on_redb(dir: &Path, clock: Arc<dyn Clock>) -> RedbBackend {
     RedbBackend::new(LocalDb::open(dir).unwrap(), clock)
+}
+
+fn on_redis(_: &Path, clock: Arc<dyn Clock>) -> RedisBackend {
+    on_redis_prefix(&redis_server::unique_prefix(), clock)
+}
+
+fn on_redis_prefix(prefix: &str, clock: Arc<dyn Clock>) -> RedisBackend {
+    let client = redis_server::shared().client();
+    RedisBackend::new(client, prefix, clock, Duration::from_secs(5)).unwrap()
 }
 
 fn url(s: &str) -> Subject {
@@ -403,14 +412,26 @@ macro_rules! contract_suite {
             min_max_avg_and_totals_are_exact,
             reads_see_unapplied_requests,
             lease_is_exclusive_and_released_only_by_its_owner,
-            lease_expires,
             reapplied_sequence_counts_once,
             failed_apply_is_retried_without_double_counting,
         );)*
     };
 }
 
-contract_suite!(on_memory, on_redb);
+contract_suite!(on_memory, on_redb, on_redis);
+/// Leases held in this process run on tokio's clock (paused in the test); Redis's run on
+/// Redis's own (`redis_leases_expire_on_redis_time`).
+mod lease_expires_on_tokio_time {
+    #[tokio::test]
+    async fn on_memory() {
+        super::lease_expires(super::on_memory).await
+    }
+
+    #[tokio::test]
+    async fn on_redb() {
+        super::lease_expires(super::on_redb).await
+    }
+}
 
 /// A failed apply (whether or not the backend kept it) is retried under its own sequence number:
 /// every request counts exactly once, and reads see it all along.
@@ -806,4 +827,92 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(ms(10)).await;
     }
     panic!("condition not reached within 5 s");
+}
+
+// ---- Redis: what only a shared backend must do ------------------------------------------------
+
+#[tokio::test]
+async fn redis_leases_expire_on_redis_time() {
+    let backend = on_redis(Path::new(""), Arc::new(SystemClock));
+    let _held = backend
+        .try_lease("k", ms(200))
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(backend.try_lease("k", ms(200)).await.unwrap(), None);
+    tokio::time::sleep(ms(300)).await;
+    assert!(backend.try_lease("k", ms(200)).await.unwrap().is_some());
+}
+
+/// Two replicas on one prefix: one cache, one set of leases, one table; each replica's batch
+/// numbers are its own.
+#[tokio::test]
+async fn redis_replicas_share_results_leases_and_statistics() {
+    let prefix = redis_server::unique_prefix();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (a, b) = (
+        on_redis_prefix(&prefix, Arc::clone(&clock)),
+        on_redis_prefix(&prefix, clock),
+    );
+    let entry = CachedResult {
+        label: "tabby".into(),
+        confidence: 0.5,
+        runners_up: Arc::from([Prediction {
+            label: "tiger cat".into(),
+            confidence: 0.25,
+        }]),
+        expires_at_ms: u64::MAX / 2,
+    };
+    a.put("k", entry.clone()).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), Some(entry));
+    let lease = a.try_lease("new", HOUR).await.unwrap().expect("free");
+    assert_eq!(b.try_lease("new", HOUR).await.unwrap(), None);
+    a.release(lease).await.unwrap();
+    assert!(b.try_lease("new", HOUR).await.unwrap().is_some());
+    // Replica b's first batch is not "already applied" because a applied its own first one.
+    let mut batch = StatsBatch::default();
+    batch.record("http://x/1", 0.5);
+    let batch = Arc::new(batch);
+    a.apply(1, Arc::clone(&batch)).await.unwrap();
+    b.apply(1, Arc::clone(&batch)).await.unwrap();
+    b.apply(1, batch).await.unwrap();
+    let snap = a.top(10, vec![]).await.unwrap();
+    assert_eq!((snap.top[0].1.count, snap.seq), (2, 1));
+    assert_eq!(b.totals().await.unwrap().0.count, 2);
+    // Another prefix is another deployment.
+    let other = on_redis_prefix(&redis_server::unique_prefix(), Arc::new(SystemClock));
+    assert_eq!(other.get("k").await.unwrap(), None);
+    assert!(other.top(10, vec![]).await.unwrap().top.is_empty());
+}
+
+/// A Redis that is gone is an error within the timeout, never a hang; and once it is back the
+/// same backend works again (the connection manager reconnects).
+#[tokio::test]
+async fn redis_down_is_an_error_then_it_recovers() {
+    let mut server = redis_server::RedisServer::start();
+    let port = server.port;
+    let backend = RedisBackend::new(server.client(), "p", Arc::new(SystemClock), ms(300)).unwrap();
+    assert_eq!(backend.get("k").await.unwrap(), None);
+    drop(server);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        backend.get("k").await,
+        Err(StorageError::Redis(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server = redis_server::RedisServer::start_on(port);
+    let mut back = false;
+    for _ in 0..50 {
+        if backend.get("k").await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert!(back, "reconnected");
+    drop(server);
 }
