@@ -56,6 +56,16 @@ pub enum ExifOrientation {
     Apply,
 }
 
+/// Who may read the operator endpoints (`/report`, `/report/history`, `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OpsAuth {
+    /// Anyone who can reach the service (the behaviour before the setting existed).
+    None,
+    /// A bearer token of a user with the `ops` role: none or an invalid one is `401`, a valid
+    /// one without the role `403 forbidden`.
+    Token,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -365,6 +375,17 @@ pub struct Settings {
         global = true
     )]
     pub stats_flush_interval: humantime::Duration,
+
+    /// Who may read `/report`, `/report/history` and `/metrics`: `none` (anyone), or `token` (a
+    /// bearer token of a user with the `ops` role, see `user add --role ops`).
+    #[arg(
+        long,
+        env = "CLASSIFIER_OPS_AUTH",
+        value_enum,
+        default_value = "none",
+        global = true
+    )]
+    pub ops_auth: OpsAuth,
 
     /// Lifetime of tokens issued by `POST /token`.
     #[arg(

@@ -46,6 +46,9 @@ pub enum ApiError {
     MissingToken,
     #[error("invalid or expired token")]
     InvalidToken,
+    /// A valid token whose user lacks the role the endpoint needs (`.0` names it).
+    #[error("this endpoint needs a token of a user with the `{0}` role")]
+    Forbidden(&'static str),
     #[error("invalid username or password")]
     InvalidCredentials,
     #[error("too many failed login attempts; retry in {0} s")]
@@ -62,7 +65,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InvalidUrl(_) => StatusCode::BAD_REQUEST,
-            Self::UrlNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UrlNotAllowed(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::MissingToken | Self::InvalidToken | Self::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
@@ -97,6 +100,7 @@ impl ApiError {
             Self::LengthRequired => "length_required",
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
+            Self::Forbidden(_) => "forbidden",
             Self::InvalidCredentials => "invalid_credentials",
             Self::TooManyAttempts(_) => "too_many_attempts",
             Self::RateLimited(..) => "rate_limited",
@@ -134,6 +138,7 @@ impl From<AuthError> for ApiError {
                 tracing::debug!(reason, "token refused");
                 Self::InvalidToken
             }
+            AuthError::MissingRole(role) => Self::Forbidden(role.as_str()),
             AuthError::InvalidCredentials
             | AuthError::InvalidUsername(_)
             | AuthError::InvalidPassword(_)

@@ -18,10 +18,10 @@ use crate::classify::model::{
 use crate::classify::pipeline::Pipeline;
 use crate::classify::{ClassifyService, SingleFlight};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ExifOrientation, ModelFormat, Settings};
+use crate::config::{ExifOrientation, ModelFormat, OpsAuth, Settings};
 use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
-use crate::http::{ModelInfo, Ops, Services};
+use crate::http::{ModelInfo, Ops, OpsGate, Services};
 use crate::localdb::LocalDb;
 use crate::ratelimit::RateLimits;
 use crate::report::ReportService;
@@ -79,6 +79,10 @@ impl Application {
             settings.max_concurrent_requests,
         );
         let metrics = install_metrics(&settings, &identity);
+        let ops_gate = match settings.ops_auth {
+            OpsAuth::None => OpsGate::open(),
+            OpsAuth::Token => OpsGate::token(auth.clone()),
+        };
         let services = Services {
             classify,
             model,
@@ -90,6 +94,7 @@ impl Application {
                 metrics,
                 reporter,
             },
+            ops_gate,
             cors: settings.cors_origins.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             rate_limits: build_rate_limits(&settings),

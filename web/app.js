@@ -1,5 +1,5 @@
 // classifier-api page: classify a URL or a file (picker, drop, paste), and the dashboard (top 10
-// and usage over time).
+// and usage over time), behind an operator token when the service asks for one.
 // Plain JS, no libraries. Every string from the service (URLs, labels, messages) goes into the page
 // through textContent or setAttribute, never as HTML: image URLs in /report come from anyone.
 'use strict';
@@ -339,15 +339,112 @@
     $('result-top').hidden = predictions.length === 0;
   }
 
+  // ---- operator token (--ops-auth token) -----------------------------------------------------
+
+  // With `--ops-auth token` the dashboard's endpoints answer 401 without a token of a user with
+  // the ops role (403 with another user's). The page then asks for one instead of showing the
+  // dashboard, keeps it for this tab (sessionStorage: gone when the tab closes, never sent to
+  // another origin) and sends it as `Authorization: Bearer`. Classifying needs no token.
+  const TOKEN_KEY = 'classifier-api.ops-token';
+  const authCard = $('ops-auth');
+  const authForm = $('ops-auth-form');
+  const tokenInput = $('ops-token');
+  const authError = $('ops-auth-error');
+  const dashboardCards = [$('usage-card'), $('top-card')];
+  // True while the page waits for a token: the dashboard is not asked again until one is given.
+  let waitingForToken = false;
+
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (_) {
+      return null; // storage disabled: the token lives only as long as this page
+    }
+  }
+
+  let tokenInMemory = null;
+  function currentToken() {
+    return storedToken() || tokenInMemory;
+  }
+
+  function keepToken(token) {
+    tokenInMemory = token;
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) {
+      // Kept in memory only.
+    }
+  }
+
+  /** GET an operator endpoint with the token, if there is one; `sent` says which token went. */
+  async function requestOps(path) {
+    const sent = currentToken();
+    const answer = await requestJson(path, sent ? { headers: { Authorization: `Bearer ${sent}` } } : {});
+    return { ...answer, sent };
+  }
+
+  /**
+   * The dashboard's endpoints refused the token `sent` (401: none, or not valid; 403: a user
+   * without the ops role): forget it, say why, and ask for another in place of the dashboard.
+   * An answer to a token the user has replaced since changes nothing.
+   */
+  function askForToken(answer) {
+    if (answer.sent !== currentToken()) return;
+    keepToken(null);
+    waitingForToken = true;
+    if (answer.sent) {
+      const { detail } = describeFailure(answer.status, answer.body);
+      const message =
+        answer.status === 403
+          ? 'This token is valid, but its user does not have the ops role. Use the token of an operator.'
+          : 'The token was refused: it has expired, was revoked, or is not a token of this service.';
+      showError(authError, 'Not shown:', message, detail);
+    }
+    for (const card of dashboardCards) card.hidden = true;
+    authCard.hidden = false;
+  }
+
+  /** The dashboard answered: the token (or none, when the service needs none) is good. */
+  function tokenAccepted() {
+    if (!authCard.hidden) {
+      authCard.hidden = true;
+      clearError(authError);
+    }
+    for (const card of dashboardCards) card.hidden = false;
+  }
+
+  const refusedToken = (status) => status === 401 || status === 403;
+
+  authForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    // A pasted `Bearer <token>` (as curl examples show it) is taken for the token.
+    const token = tokenInput.value.trim().replace(/^bearer\s+/i, '');
+    if (!token) {
+      showError(authError, 'No token given.', 'Paste the token of a user with the ops role.', '');
+      tokenInput.focus();
+      return;
+    }
+    clearError(authError);
+    keepToken(token);
+    tokenInput.value = '';
+    waitingForToken = false;
+    refreshDashboard();
+  });
+
   // ---- top 10 -----------------------------------------------------------------------------
 
   async function refreshReport() {
     const errorNode = $('report-error');
     let answer;
     try {
-      answer = await requestJson('/report');
+      answer = await requestOps('/report');
     } catch (e) {
       showError(errorNode, 'Could not load the report:', String(e.message || e), '');
+      return;
+    }
+    if (refusedToken(answer.status)) {
+      askForToken(answer);
       return;
     }
     if (!answer.ok || !Array.isArray(answer.body)) {
@@ -356,6 +453,7 @@
       return;
     }
     clearError(errorNode);
+    tokenAccepted();
     renderTable(answer.body);
     renderBars(answer.body);
     lastReport = answer.body;
@@ -430,9 +528,13 @@
     const minutes = Number(minutesSelect.value);
     let answer;
     try {
-      answer = await requestJson(`/report/history?minutes=${minutes}`);
+      answer = await requestOps(`/report/history?minutes=${minutes}`);
     } catch (e) {
       showError(errorNode, 'Could not load the usage history:', String(e.message || e), '');
+      return;
+    }
+    if (refusedToken(answer.status)) {
+      askForToken(answer);
       return;
     }
     if (!answer.ok || !answer.body || !Array.isArray(answer.body.points)) {
@@ -441,6 +543,7 @@
       return;
     }
     clearError(errorNode);
+    tokenAccepted();
     $('usage-source').textContent = `source: ${answer.body.source}`;
     renderUsage(answer.body.minutes, answer.body.points);
     lastUsage = answer.body;
@@ -570,6 +673,8 @@
   let running = null;
   let again = false;
   function refreshDashboard() {
+    // Without a token the answers are known already; the form's submit asks again.
+    if (waitingForToken) return Promise.resolve();
     if (running) {
       again = true;
       return running;

@@ -2,7 +2,7 @@
 //! an ed25519 root key, token revocation, and a per-username login throttle.
 //!
 //! Layout:
-//! - [`users`]: the user table (CLI-usable, synchronous): add / remove / list.
+//! - [`users`]: the user table (CLI-usable, synchronous): add / remove / list, and [`Role`].
 //! - [`keys`]: loading or creating the root key, rendering its public half.
 //! - [`tokens`]: issuing, checking and revoking biscuit tokens.
 //! - [`throttle`]: the in-memory failed-login limiter.
@@ -25,7 +25,7 @@ use crate::localdb::DbError;
 pub use keys::{load_or_create_root_key, public_key_string};
 pub use service::Auth;
 pub use tokens::revoke_token;
-pub use users::{add_user, list_users, remove_user};
+pub use users::{add_user, list_users, remove_user, Role};
 
 /// Re-exported so callers (CLI, server wiring) need no direct biscuit dependency for key types.
 pub use biscuit_auth::KeyPair;
@@ -44,6 +44,9 @@ pub enum AuthError {
     /// generic message so they cannot probe which check failed.
     #[error("invalid or expired token")]
     InvalidToken(String),
+    /// A valid token whose user lacks the role the request needs.
+    #[error("the token's user does not have the `{0}` role")]
+    MissingRole(Role),
     #[error("invalid username: {0}")]
     InvalidUsername(String),
     /// `add_user` refuses empty passwords (an account anyone could log into) and ones over

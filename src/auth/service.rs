@@ -8,9 +8,24 @@ use biscuit_auth::{KeyPair, PublicKey};
 
 use super::throttle::Throttle;
 use super::tokens::{self, IssuedToken};
-use super::{users, AuthError};
+use super::{users, AuthError, Role};
 use crate::clock::Clock;
 use crate::localdb::LocalDb;
+
+/// Who a valid token is for: what [`Auth::verify`] proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    /// The token's role (an authority fact, as the user had it when the token was issued);
+    /// `None` for a plain user.
+    pub role: Option<Role>,
+}
+
+impl Identity {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.role == Some(role)
+    }
+}
 
 /// Cheap to clone (one `Arc`); share one instance across all handlers so they share the login
 /// throttle.
@@ -98,7 +113,7 @@ impl Auth {
                 let ok = users::verify_password(&password, record.as_ref().map(|r| r.phc.as_str()));
                 match record {
                     Some(r) if ok => {
-                        tokens::issue(&inner.root, &name, r.generation, now, inner.ttl)
+                        tokens::issue(&inner.root, &name, r.generation, r.role, now, inner.ttl)
                     }
                     _ => Err(AuthError::InvalidCredentials),
                 }
@@ -119,13 +134,14 @@ impl Auth {
         result
     }
 
-    /// Authenticates an `Authorization` header value and returns the username.
+    /// Authenticates an `Authorization` header value and returns who the token is for.
     ///
     /// `None` or a blank header → `MissingToken`. Everything else that is wrong → `InvalidToken(reason)`: not
     /// `Bearer <token>` (scheme case-insensitive), malformed, forged, tampered, expired (by the
-    /// injected clock), revoked, user removed, or user removed and re-added since issue
-    /// (generation mismatch).
-    pub async fn verify(&self, authorization_header: Option<&str>) -> Result<String, AuthError> {
+    /// injected clock), revoked, user removed, user removed and re-added since issue
+    /// (generation mismatch), or a role other than the user's (roles change only with the
+    /// generation today; this keeps it so should they ever change in place).
+    pub async fn verify(&self, authorization_header: Option<&str>) -> Result<Identity, AuthError> {
         // A blank header is what some clients send when they have no token.
         let header = authorization_header
             .filter(|h| !h.trim().is_empty())
@@ -152,10 +168,33 @@ impl Auth {
                         claims.username, claims.generation, r.generation
                     )))
                 }
-                Some(_) => Ok(claims.username),
+                Some(r) if r.role != claims.role => Err(AuthError::InvalidToken(format!(
+                    "user {:?} has role {:?}, the token {:?}",
+                    claims.username, r.role, claims.role
+                ))),
+                Some(_) => Ok(Identity {
+                    username: claims.username,
+                    role: claims.role,
+                }),
             }
         })
         .await
+    }
+
+    /// As [`verify`](Self::verify), and the token's user must have `role`: a valid token
+    /// without it is `MissingRole`.
+    pub async fn require(
+        &self,
+        authorization_header: Option<&str>,
+        role: Role,
+    ) -> Result<Identity, AuthError> {
+        let identity = self.verify(authorization_header).await?;
+        if identity.has_role(role) {
+            Ok(identity)
+        } else {
+            tracing::debug!(user = identity.username, %role, "token lacks the role");
+            Err(AuthError::MissingRole(role))
+        }
     }
 }
 
@@ -211,7 +250,7 @@ mod tests {
         let root = KeyPair::new();
         let public = root.public();
         let auth = Auth::new(local.clone(), root, TTL, Arc::new(clock.clone()));
-        add_user(&db, "alice", "correct horse").expect("add alice");
+        add_user(&db, "alice", "correct horse", None).expect("add alice");
         Fixture {
             _dir: dir,
             db,
@@ -234,7 +273,7 @@ mod tests {
             .token
     }
 
-    fn assert_invalid(r: Result<String, AuthError>, why: &str) -> String {
+    fn assert_invalid(r: Result<Identity, AuthError>, why: &str) -> String {
         match r {
             Err(AuthError::InvalidToken(reason)) => reason,
             other => panic!("{why}: expected InvalidToken, got {other:?}"),
@@ -247,10 +286,13 @@ mod tests {
         let issued = f.auth.login("alice", "correct horse").await.expect("login");
         assert_eq!(issued.expires_at, f.clock.now() + TTL);
         let user = f.auth.verify(Some(&bearer(&issued.token))).await;
-        assert_eq!(user.expect("verify"), "alice");
+        assert_eq!(user.expect("verify").username, "alice");
         // Case-insensitive scheme, extra whitespace tolerated.
         let header = format!("  bEaReR   {}  ", issued.token);
-        assert_eq!(f.auth.verify(Some(&header)).await.expect("verify"), "alice");
+        assert_eq!(
+            f.auth.verify(Some(&header)).await.expect("verify").username,
+            "alice"
+        );
     }
 
     #[tokio::test]
@@ -292,7 +334,7 @@ mod tests {
             .expect_err("locked");
         assert!(matches!(e, AuthError::TooManyAttempts { .. }));
         // Another username is unaffected.
-        add_user(&f.db, "bob", "pw").expect("add bob");
+        add_user(&f.db, "bob", "pw", None).expect("add bob");
         f.auth.login("bob", "pw").await.expect("bob logs in");
 
         f.clock.advance(Duration::from_secs(61));
@@ -410,7 +452,11 @@ mod tests {
         assert!(reason.contains("revoked"), "{reason}");
         assert_invalid(f.auth.verify(Some(&bearer(&derived))).await, "derived");
         assert_eq!(
-            f.auth.verify(Some(&bearer(&kept))).await.expect("other"),
+            f.auth
+                .verify(Some(&bearer(&kept)))
+                .await
+                .expect("other")
+                .username,
             "alice"
         );
     }
@@ -429,12 +475,16 @@ mod tests {
         let f = fixture();
         let old = login_alice(&f).await;
         remove_user(&f.db, "alice").expect("remove");
-        add_user(&f.db, "alice", "new pw").expect("re-add");
+        add_user(&f.db, "alice", "new pw", None).expect("re-add");
         let reason = assert_invalid(f.auth.verify(Some(&bearer(&old))).await, "old gen");
         assert!(reason.contains("re-created"), "{reason}");
         let new = f.auth.login("alice", "new pw").await.expect("login").token;
         assert_eq!(
-            f.auth.verify(Some(&bearer(&new))).await.expect("new"),
+            f.auth
+                .verify(Some(&bearer(&new)))
+                .await
+                .expect("new")
+                .username,
             "alice"
         );
     }
@@ -463,14 +513,115 @@ mod tests {
             let auth = f.auth.clone();
             async move { auth.verify(Some(&bearer(&t))).await }
         };
-        assert_eq!(verify(short.clone()).await.expect("short ok"), "alice");
-        assert_eq!(verify(read_only.clone()).await.expect("read ok"), "alice");
+        assert_eq!(
+            verify(short.clone()).await.expect("short ok").username,
+            "alice"
+        );
+        assert_eq!(
+            verify(read_only.clone()).await.expect("read ok").username,
+            "alice"
+        );
         assert_invalid(verify(write_only).await, "write-only");
 
         f.clock.advance(Duration::from_secs(31));
         assert_invalid(verify(short).await, "short expired");
-        assert_eq!(verify(read_only).await.expect("read ok"), "alice");
-        assert_eq!(verify(token).await.expect("original ok"), "alice");
+        assert_eq!(verify(read_only).await.expect("read ok").username, "alice");
+        assert_eq!(verify(token).await.expect("original ok").username, "alice");
+    }
+
+    #[tokio::test]
+    async fn an_ops_users_token_carries_the_role_and_a_plain_one_does_not() {
+        let f = fixture();
+        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
+        let ops = f
+            .auth
+            .login("ops-bot", "pw-ops")
+            .await
+            .expect("login")
+            .token;
+        let plain = login_alice(&f).await;
+
+        let identity = f.auth.verify(Some(&bearer(&ops))).await.expect("ops");
+        assert_eq!(identity.role, Some(Role::Ops));
+        let required = f.auth.require(Some(&bearer(&ops)), Role::Ops).await;
+        assert_eq!(required.expect("ops may").username, "ops-bot");
+
+        assert_eq!(
+            f.auth
+                .verify(Some(&bearer(&plain)))
+                .await
+                .expect("plain")
+                .role,
+            None
+        );
+        let refused = f.auth.require(Some(&bearer(&plain)), Role::Ops).await;
+        assert!(
+            matches!(refused, Err(AuthError::MissingRole(Role::Ops))),
+            "{refused:?}"
+        );
+        // Without a valid token it is still the token that is wrong, not the role.
+        for header in [None, Some("Bearer nope")] {
+            let e = f
+                .auth
+                .require(header, Role::Ops)
+                .await
+                .expect_err("no token");
+            assert!(
+                matches!(e, AuthError::MissingToken | AuthError::InvalidToken(_)),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attenuated_plain_token_claiming_ops_does_not_get_it() {
+        let f = fixture();
+        let plain = login_alice(&f).await;
+        let claimed = attenuate_code(&f, &plain, r#"role("ops"); check if role("ops");"#);
+        let identity = f.auth.verify(Some(&bearer(&claimed))).await.expect("valid");
+        assert_eq!(identity.role, None);
+        let refused = f.auth.require(Some(&bearer(&claimed)), Role::Ops).await;
+        assert!(
+            matches!(refused, Err(AuthError::MissingRole(Role::Ops))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ops_tokens_die_with_their_user_and_with_a_changed_role() {
+        let f = fixture();
+        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
+        let ops = f
+            .auth
+            .login("ops-bot", "pw-ops")
+            .await
+            .expect("login")
+            .token;
+        // Re-added as a plain user: the old ops token names a generation that is gone.
+        remove_user(&f.db, "ops-bot").expect("remove");
+        add_user(&f.db, "ops-bot", "pw-ops", None).expect("re-add plain");
+        let reason = assert_invalid(f.auth.verify(Some(&bearer(&ops))).await, "old gen");
+        assert!(reason.contains("re-created"), "{reason}");
+
+        // A role changed in place (no command does this today) also refuses the old token.
+        let plain = f
+            .auth
+            .login("ops-bot", "pw-ops")
+            .await
+            .expect("login")
+            .token;
+        let generation = users::lookup(&f.db, "ops-bot")
+            .expect("lookup")
+            .expect("exists")
+            .generation;
+        let txn = f.db.begin_write().expect("write");
+        txn.open_table(crate::localdb::schema::ROLES)
+            .expect("roles")
+            .insert("ops-bot", ("ops", generation))
+            .expect("insert");
+        txn.commit().expect("commit");
+        let reason = assert_invalid(f.auth.verify(Some(&bearer(&plain))).await, "role");
+        assert!(reason.contains("role"), "{reason}");
     }
 
     #[tokio::test]
@@ -545,7 +696,7 @@ mod tests {
     #[test]
     fn b64url_matches_biscuit_encoding() {
         let root = KeyPair::new();
-        let issued = tokens::issue(&root, "alice", 1, SystemTime::now(), TTL).expect("issue");
+        let issued = tokens::issue(&root, "alice", 1, None, SystemTime::now(), TTL).expect("issue");
         let bytes = Biscuit::from_base64(&issued.token, root.public())
             .expect("parse")
             .to_vec()

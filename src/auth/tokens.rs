@@ -4,15 +4,17 @@
 //! ```text
 //! user("alice");
 //! generation(7);
+//! role("ops");                                      // only for a user with a role
 //! check if time($t), $t < 2030-01-01T00:00:00Z;   // issue time + TTL
 //! ```
 //! Biscuit dates have one-second resolution, so expiry is whole seconds (see [`issue`]).
 //!
 //! Holders may attenuate a token (append blocks with more checks); those checks see the
 //! authority block plus the authorizer's facts (`time(now)`, `operation("read")`). Facts a holder
-//! adds in their own blocks are *not* trusted by our policy or username query (biscuit's default
-//! scoping), so appending `user("bob")` could not change who the token is for even if
-//! [`enforce_shape`] allowed it.
+//! adds in their own blocks are *not* trusted by our policy or our username and role queries
+//! (biscuit's default scoping), so appending `user("bob")` could not change who the token is for
+//! even if [`enforce_shape`] allowed it, and appending `role("ops")` to a plain user's token
+//! (which the shape check does allow: it is that token's only `role` fact) grants nothing.
 //!
 //! Why [`enforce_shape`] exists: biscuit's `RunLimits` cap facts and iterations and check the
 //! time limit only *between* iterations and checks, so one expensive join or closure runs to
@@ -22,11 +24,11 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::{Binary, Op, Term, Unary};
-use biscuit_auth::macros::{authorizer, biscuit, rule};
+use biscuit_auth::macros::{authorizer, biscuit, fact, rule};
 use biscuit_auth::{error, Authorizer, AuthorizerLimits, Biscuit, KeyPair, PublicKey};
 use redb::{Database, ReadableDatabase};
 
-use super::AuthError;
+use super::{AuthError, Role};
 use crate::clock::unix_millis;
 use crate::localdb::schema::REVOKED;
 
@@ -36,7 +38,7 @@ use crate::localdb::schema::REVOKED;
 pub const MAX_TOKEN_LEN: usize = 4 * 1024;
 
 /// Shape limits for a token's contents (see [`enforce_shape`]). `MAX_FACTS` counts every fact
-/// in the authorizer's world, including our 2 authority and 2 authorizer facts.
+/// in the authorizer's world, including our 2 or 3 authority and 2 authorizer facts.
 pub const MAX_BLOCKS: usize = 9; // authority + 8 attenuations
 pub const MAX_FACTS: usize = 16;
 pub const MAX_CHECK_QUERIES: usize = 32;
@@ -70,16 +72,19 @@ pub struct IssuedToken {
 pub(crate) struct Claims {
     pub username: String,
     pub generation: u64,
+    /// From the authority block only; `None` for a plain user.
+    pub role: Option<Role>,
     pub revocation_ids: Vec<Vec<u8>>,
 }
 
-/// Signs a token for `username`. Expiry is `now + ttl` at one-second resolution: the token is
-/// accepted while `floor(clock) < expires_at`, i.e. for between `ttl - 1 s` and `ttl`
-/// (TTLs below one second are raised to one second).
+/// Signs a token for `username` (with `role`, if any). Expiry is `now + ttl` at one-second
+/// resolution: the token is accepted while `floor(clock) < expires_at`, i.e. for between
+/// `ttl - 1 s` and `ttl` (TTLs below one second are raised to one second).
 pub(crate) fn issue(
     root: &KeyPair,
     username: &str,
     generation: u64,
+    role: Option<Role>,
     now: SystemTime,
     ttl: Duration,
 ) -> Result<IssuedToken, AuthError> {
@@ -88,16 +93,20 @@ pub(crate) fn issue(
     let generation = i64::try_from(generation)
         .map_err(|_| AuthError::Internal("user generation out of range".into()))?;
     // `Term::Date` directly: biscuit's `From<SystemTime>` unwraps on pre-1970 times.
-    let token = biscuit!(
+    let mut builder = biscuit!(
         r#"
         user({username});
         generation({generation});
         check if time($t), $t < {expiry};
         "#,
         expiry = Term::Date(expires_secs),
-    )
-    .build(root)
-    .map_err(internal)?;
+    );
+    if let Some(role) = role {
+        builder = builder
+            .fact(fact!("role({role})", role = role.as_str()))
+            .map_err(internal)?;
+    }
+    let token = builder.build(root).map_err(internal)?;
     Ok(IssuedToken {
         token: token.to_base64().map_err(internal)?,
         expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(expires_secs),
@@ -137,9 +146,26 @@ pub(crate) fn check(token: &str, root: &PublicKey, now: SystemTime) -> Result<Cl
     };
     let generation = u64::try_from(generation)
         .map_err(|_| AuthError::InvalidToken("negative generation".into()))?;
+    // Authority facts only, as above: a `role` fact in a holder's block is not seen here.
+    let roles: Vec<(String,)> = authz
+        .query(rule!("claimed_role($r) <- role($r)"))
+        .map_err(invalid)?;
+    let role = match roles.as_slice() {
+        [] => None,
+        [(name,)] => Some(
+            name.parse()
+                .map_err(|why| AuthError::InvalidToken(format!("token role: {why}")))?,
+        ),
+        _ => {
+            return Err(AuthError::InvalidToken(
+                "token must carry at most one role".into(),
+            ))
+        }
+    };
     Ok(Claims {
         username,
         generation,
+        role,
         revocation_ids: biscuit.revocation_identifiers(),
     })
 }
@@ -317,11 +343,12 @@ mod tests {
     #[test]
     fn issue_then_check() {
         let root = KeyPair::new();
-        let issued = issue(&root, "alice", 3, t0(), Duration::from_secs(60)).expect("issue");
+        let issued = issue(&root, "alice", 3, None, t0(), Duration::from_secs(60)).expect("issue");
         assert_eq!(issued.expires_at, t0() + Duration::from_secs(60));
         let claims = check(&issued.token, &root.public(), t0()).expect("valid");
         assert_eq!(claims.username, "alice");
         assert_eq!(claims.generation, 3);
+        assert_eq!(claims.role, None);
         assert_eq!(claims.revocation_ids.len(), 1);
 
         let at_expiry = issued.expires_at;
@@ -336,7 +363,7 @@ mod tests {
         // Parameters are bound as terms, not spliced into source, so quoting is not an issue.
         let root = KeyPair::new();
         let name = r#"a"b\c); user("root"#;
-        let issued = issue(&root, name, 1, t0(), Duration::from_secs(60)).expect("issue");
+        let issued = issue(&root, name, 1, None, t0(), Duration::from_secs(60)).expect("issue");
         let claims = check(&issued.token, &root.public(), t0()).expect("valid");
         assert_eq!(claims.username, name);
     }
@@ -364,7 +391,7 @@ mod tests {
     #[test]
     fn holder_block_cannot_change_identity_or_extend_expiry() {
         let root = KeyPair::new();
-        let issued = issue(&root, "alice", 1, t0(), Duration::from_secs(60)).expect("issue");
+        let issued = issue(&root, "alice", 1, None, t0(), Duration::from_secs(60)).expect("issue");
         // Shadowing our facts is refused outright by the shape check...
         for code in [
             r#"user("mallory");"#,
@@ -382,9 +409,92 @@ mod tests {
     }
 
     #[test]
+    fn the_role_is_an_authority_fact() {
+        let root = KeyPair::new();
+        let issued = issue(
+            &root,
+            "ops-bot",
+            2,
+            Some(Role::Ops),
+            t0(),
+            Duration::from_secs(60),
+        )
+        .expect("issue");
+        let claims = check(&issued.token, &root.public(), t0()).expect("valid");
+        assert_eq!(
+            (claims.username.as_str(), claims.role),
+            ("ops-bot", Some(Role::Ops))
+        );
+        let printed = Biscuit::from_base64(&issued.token, root.public())
+            .expect("parse")
+            .print_block_source(0)
+            .expect("authority block");
+        assert!(printed.contains(r#"role("ops")"#), "{printed}");
+        // Attenuation keeps the role: the authority block is untouched.
+        let read_only = append(&root, &issued.token, r#"check if operation("read");"#);
+        let claims = check(&read_only, &root.public(), t0()).expect("valid");
+        assert_eq!(claims.role, Some(Role::Ops));
+    }
+
+    #[test]
+    fn a_holder_block_cannot_grant_a_role() {
+        let root = KeyPair::new();
+        let plain = issue(&root, "alice", 1, None, t0(), Duration::from_secs(60))
+            .expect("issue")
+            .token;
+        // Within the shape limits (the token's only `role` fact), and the block's own check
+        // sees it; our query does not, so the token still names a plain user.
+        for code in [r#"role("ops");"#, r#"role("ops"); check if role("ops");"#] {
+            let forged = append(&root, &plain, code);
+            let claims = check(&forged, &root.public(), t0()).expect("still a valid token");
+            assert_eq!(
+                (claims.username.as_str(), claims.role),
+                ("alice", None),
+                "{code}"
+            );
+        }
+        // Two blocks adding roles: a second `role` fact, refused by the shape check.
+        let twice = append(
+            &root,
+            &append(&root, &plain, r#"role("ops");"#),
+            r#"role("admin");"#,
+        );
+        assert!(refused(&twice, &root, t0()).contains("more than one"));
+        // On an ops token a second `role` fact is refused the same way.
+        let ops = issue(
+            &root,
+            "bot",
+            2,
+            Some(Role::Ops),
+            t0(),
+            Duration::from_secs(60),
+        )
+        .expect("issue")
+        .token;
+        assert!(
+            refused(&append(&root, &ops, r#"role("admin");"#), &root, t0())
+                .contains("more than one")
+        );
+    }
+
+    #[test]
+    fn a_role_this_binary_does_not_know_is_refused() {
+        let root = KeyPair::new();
+        let token = biscuit!(
+            r#"user("alice"); generation(1); role("admin");
+            check if time($t), $t < 2100-01-01T00:00:00Z;"#
+        )
+        .build(&root)
+        .expect("build")
+        .to_base64()
+        .expect("encode");
+        assert!(refused(&token, &root, t0()).contains("unknown role"));
+    }
+
+    #[test]
     fn expensive_holder_blocks_are_refused_before_evaluation() {
         let root = KeyPair::new();
-        let tok = issue(&root, "alice", 1, t0(), Duration::from_secs(60))
+        let tok = issue(&root, "alice", 1, None, t0(), Duration::from_secs(60))
             .expect("issue")
             .token;
         let many_x: String = (0..MAX_FACTS).map(|i| format!("x{i}({i}); ")).collect();

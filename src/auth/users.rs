@@ -4,6 +4,12 @@
 //! Each user has a *generation* baked into their tokens. Generations come from one global,
 //! never-reused counter, so a user who is removed and re-added gets a new generation and their
 //! old tokens stop matching, without keeping tombstones for removed names.
+//!
+//! A user may have one [`Role`], given when the user is added and baked into their tokens too.
+//! There is no command to change it in place: remove the user and add them again (a new
+//! generation, so tokens minted with the old role stop working).
+use std::fmt;
+use std::str::FromStr;
 use std::sync::OnceLock;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -12,8 +18,48 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::AuthError;
-use crate::localdb::schema::{AUTH_META as META, USERS};
+use crate::localdb::schema::{AUTH_META as META, ROLES, USERS};
 const NEXT_GENERATION: &str = "next_generation";
+
+/// What a user may do beyond what any user may. A user without one is a plain user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// May read the operator endpoints (`/report`, `/report/history`, `/metrics`) when the
+    /// server runs with `--ops-auth token`.
+    Ops,
+}
+
+impl Role {
+    /// Every role, for messages that list them.
+    pub const ALL: [Role; 1] = [Role::Ops];
+
+    /// The name stored in the database and in the token's `role(..)` fact.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ops => "ops",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
 
 pub const MAX_USERNAME_CHARS: usize = 64;
 /// Generous for passphrases, small enough that nobody can make us hash megabytes.
@@ -112,9 +158,14 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Adds a user with an Argon2id hash of `password`. Slow by design (one Argon2 hash): inside an
-/// async runtime, call it from `spawn_blocking`.
-pub fn add_user(db: &Database, name: &str, password: &str) -> Result<(), AuthError> {
+/// Adds a user with an Argon2id hash of `password`, and `role` if any (`None`: a plain user).
+/// Slow by design (one Argon2 hash): inside an async runtime, call it from `spawn_blocking`.
+pub fn add_user(
+    db: &Database,
+    name: &str,
+    password: &str,
+    role: Option<Role>,
+) -> Result<(), AuthError> {
     validate_username(name)?;
     validate_password(password)?;
     // Cheap early refusal so a duplicate does not cost an Argon2 hash; the write transaction
@@ -125,16 +176,21 @@ pub fn add_user(db: &Database, name: &str, password: &str) -> Result<(), AuthErr
     // Hash before opening the write transaction: redb allows one writer at a time and Argon2 is
     // the slow part.
     let phc = hash_password(password)?;
-    let inserted = insert_user(db, name, &phc)?;
+    let inserted = insert_user(db, name, &phc, role)?;
     if inserted {
-        tracing::info!(user = name, "user added");
+        tracing::info!(user = name, role = role.map(Role::as_str), "user added");
         Ok(())
     } else {
         Err(AuthError::UserExists(name.to_owned()))
     }
 }
 
-fn insert_user(db: &Database, name: &str, phc: &str) -> Result<bool, redb::Error> {
+fn insert_user(
+    db: &Database,
+    name: &str,
+    phc: &str,
+    role: Option<Role>,
+) -> Result<bool, redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut users = txn.open_table(USERS)?;
@@ -145,6 +201,16 @@ fn insert_user(db: &Database, name: &str, phc: &str) -> Result<bool, redb::Error
         let generation = meta.get(NEXT_GENERATION)?.map_or(1, |g| g.value());
         meta.insert(NEXT_GENERATION, generation.saturating_add(1))?;
         users.insert(name, (phc, generation))?;
+        // In the same transaction, so a user is never seen without the role they were given.
+        let mut roles = txn.open_table(ROLES)?;
+        match role {
+            Some(role) => {
+                roles.insert(name, (role.as_str(), generation))?;
+            }
+            None => {
+                roles.remove(name)?;
+            }
+        }
     }
     txn.commit()?;
     Ok(true)
@@ -158,6 +224,8 @@ pub fn remove_user(db: &Database, name: &str) -> Result<(), AuthError> {
         let removed = {
             let mut users = txn.open_table(USERS).map_err(redb::Error::from)?;
             let old = users.remove(name).map_err(redb::Error::from)?;
+            let mut roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
+            roles.remove(name).map_err(redb::Error::from)?;
             old.is_some()
         };
         if removed {
@@ -173,22 +241,25 @@ pub fn remove_user(db: &Database, name: &str) -> Result<(), AuthError> {
     }
 }
 
-/// All usernames, sorted (redb keeps keys ordered).
-pub fn list_users(db: &Database) -> Result<Vec<String>, AuthError> {
+/// All users with their roles, sorted by name (redb keeps keys ordered).
+pub fn list_users(db: &Database) -> Result<Vec<(String, Option<Role>)>, AuthError> {
     let txn = db.begin_read().map_err(redb::Error::from)?;
     let users = txn.open_table(USERS).map_err(redb::Error::from)?;
-    let mut names = Vec::new();
+    let roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
+    let mut list = Vec::new();
     for entry in users.iter().map_err(redb::Error::from)? {
-        let (name, _) = entry.map_err(redb::Error::from)?;
-        names.push(name.value().to_owned());
+        let (name, value) = entry.map_err(redb::Error::from)?;
+        let (name, (_, generation)) = (name.value(), value.value());
+        list.push((name.to_owned(), role_of(&roles, name, generation)?));
     }
-    Ok(names)
+    Ok(list)
 }
 
-/// A user's record as stored: PHC hash string and generation.
+/// A user's record as stored: PHC hash string, generation and role.
 pub(crate) struct UserRecord {
     pub phc: String,
     pub generation: u64,
+    pub role: Option<Role>,
 }
 
 pub(crate) fn lookup(db: &Database, name: &str) -> Result<Option<UserRecord>, AuthError> {
@@ -203,14 +274,39 @@ pub(crate) fn lookup_in(
     name: &str,
 ) -> Result<Option<UserRecord>, AuthError> {
     let users = txn.open_table(USERS).map_err(redb::Error::from)?;
-    let record = users.get(name).map_err(redb::Error::from)?.map(|g| {
-        let (phc, generation) = g.value();
-        UserRecord {
-            phc: phc.to_owned(),
-            generation,
+    let Some(found) = users.get(name).map_err(redb::Error::from)? else {
+        return Ok(None);
+    };
+    let (phc, generation) = found.value();
+    let roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
+    Ok(Some(UserRecord {
+        phc: phc.to_owned(),
+        generation,
+        role: role_of(&roles, name, generation)?,
+    }))
+}
+
+/// The role of `name`'s current `generation`. A row for another generation (left by a binary
+/// that knew no roles) or with a name this binary does not know grants nothing.
+fn role_of(
+    roles: &redb::ReadOnlyTable<&'static str, (&'static str, u64)>,
+    name: &str,
+    generation: u64,
+) -> Result<Option<Role>, AuthError> {
+    let Some(row) = roles.get(name).map_err(redb::Error::from)? else {
+        return Ok(None);
+    };
+    let (role, row_generation) = row.value();
+    if row_generation != generation {
+        return Ok(None);
+    }
+    match role.parse() {
+        Ok(role) => Ok(Some(role)),
+        Err(why) => {
+            tracing::warn!(user = name, "stored role ignored: {why}");
+            Ok(None)
         }
-    });
-    Ok(record)
+    }
 }
 
 #[cfg(test)]
@@ -218,14 +314,22 @@ mod tests {
     use super::*;
     use crate::auth::test_util::temp_db;
 
+    fn names(db: &Database) -> Vec<String> {
+        list_users(db)
+            .expect("list")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     #[test]
     fn add_list_remove() {
         let (_dir, db) = temp_db();
         let db = std::sync::Arc::clone(db.database());
         assert!(list_users(&db).expect("list").is_empty());
-        add_user(&db, "bob", "pw-b").expect("add bob");
-        add_user(&db, "alice", "pw-a").expect("add alice");
-        assert_eq!(list_users(&db).expect("list"), ["alice", "bob"]);
+        add_user(&db, "bob", "pw-b", None).expect("add bob");
+        add_user(&db, "alice", "pw-a", None).expect("add alice");
+        assert_eq!(names(&db), ["alice", "bob"]);
 
         let rec = lookup(&db, "alice").expect("lookup").expect("alice exists");
         assert!(rec.phc.starts_with("$argon2id$"));
@@ -233,7 +337,7 @@ mod tests {
         assert!(!verify_password("pw-b", Some(&rec.phc)));
 
         remove_user(&db, "bob").expect("remove");
-        assert_eq!(list_users(&db).expect("list"), ["alice"]);
+        assert_eq!(names(&db), ["alice"]);
         let err = remove_user(&db, "bob").expect_err("already gone");
         assert!(matches!(err, AuthError::UnknownUser(ref n) if n == "bob"));
     }
@@ -242,8 +346,8 @@ mod tests {
     fn salts_are_per_user() {
         let (_dir, db) = temp_db();
         let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "a", "same").expect("add");
-        add_user(&db, "b", "same").expect("add");
+        add_user(&db, "a", "same", None).expect("add");
+        add_user(&db, "b", "same", None).expect("add");
         let a = lookup(&db, "a").expect("lookup").expect("a");
         let b = lookup(&db, "b").expect("lookup").expect("b");
         assert_ne!(a.phc, b.phc);
@@ -253,8 +357,8 @@ mod tests {
     fn duplicate_user_refused_with_clear_message() {
         let (_dir, db) = temp_db();
         let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "alice", "pw").expect("add");
-        let err = add_user(&db, "alice", "other").expect_err("duplicate");
+        add_user(&db, "alice", "pw", None).expect("add");
+        let err = add_user(&db, "alice", "other", None).expect_err("duplicate");
         assert!(matches!(err, AuthError::UserExists(_)));
         assert_eq!(err.to_string(), "user alice already exists");
     }
@@ -267,15 +371,15 @@ mod tests {
         for bad in [
             "", " alice", "alice ", "\talice", "al\nice", "a\u{7f}b", &too_long,
         ] {
-            let err = add_user(&db, bad, "pw").expect_err(bad);
+            let err = add_user(&db, bad, "pw", None).expect_err(bad);
             assert!(
                 matches!(err, AuthError::InvalidUsername(_)),
                 "{bad:?}: {err:?}"
             );
         }
         // Boundaries that must be accepted: 64 chars (multi-byte), inner spaces, unicode.
-        add_user(&db, &"é".repeat(64), "pw").expect("64 chars ok");
-        add_user(&db, "ann marie", "pw").expect("inner space ok");
+        add_user(&db, &"é".repeat(64), "pw", None).expect("64 chars ok");
+        add_user(&db, "ann marie", "pw", None).expect("inner space ok");
         assert!(list_users(&db).expect("list").len() == 2);
     }
 
@@ -285,7 +389,7 @@ mod tests {
         let db = std::sync::Arc::clone(db.database());
         let long = "p".repeat(MAX_PASSWORD_BYTES + 1);
         for bad in ["", long.as_str()] {
-            let err = add_user(&db, "alice", bad).expect_err("bad password");
+            let err = add_user(&db, "alice", bad, None).expect_err("bad password");
             assert!(matches!(err, AuthError::InvalidPassword(_)));
         }
     }
@@ -294,12 +398,71 @@ mod tests {
     fn generations_are_never_reused() {
         let (_dir, db) = temp_db();
         let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "alice", "pw").expect("add");
+        add_user(&db, "alice", "pw", None).expect("add");
         let g1 = lookup(&db, "alice").expect("l").expect("alice").generation;
         remove_user(&db, "alice").expect("remove");
-        add_user(&db, "alice", "pw").expect("re-add");
+        add_user(&db, "alice", "pw", None).expect("re-add");
         let g2 = lookup(&db, "alice").expect("l").expect("alice").generation;
         assert!(g2 > g1);
+    }
+
+    #[test]
+    fn roles_are_stored_listed_and_go_with_the_user() {
+        let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
+        add_user(&db, "ops-bot", "pw", Some(Role::Ops)).expect("add ops");
+        add_user(&db, "alice", "pw", None).expect("add plain");
+        assert_eq!(
+            list_users(&db).expect("list"),
+            [
+                ("alice".to_owned(), None),
+                ("ops-bot".to_owned(), Some(Role::Ops))
+            ]
+        );
+        let rec = lookup(&db, "ops-bot").expect("lookup").expect("exists");
+        assert_eq!(rec.role, Some(Role::Ops));
+        assert_eq!(lookup(&db, "alice").expect("l").expect("alice").role, None);
+
+        // Re-added without the role: a plain user (and a new generation).
+        remove_user(&db, "ops-bot").expect("remove");
+        add_user(&db, "ops-bot", "pw", None).expect("re-add");
+        assert_eq!(lookup(&db, "ops-bot").expect("l").expect("bot").role, None);
+    }
+
+    #[test]
+    fn a_role_row_of_another_generation_or_name_grants_nothing() {
+        let (_dir, db) = temp_db();
+        let db = std::sync::Arc::clone(db.database());
+        add_user(&db, "alice", "pw", None).expect("add");
+        let generation = lookup(&db, "alice").expect("l").expect("alice").generation;
+        let write_role = |role: &str, generation: u64| {
+            let txn = db.begin_write().expect("write");
+            txn.open_table(ROLES)
+                .expect("roles")
+                .insert("alice", (role, generation))
+                .expect("insert");
+            txn.commit().expect("commit");
+        };
+        // What a binary without roles leaves behind: it removed and re-added the user but kept
+        // the row of the earlier generation.
+        write_role("ops", generation - 1);
+        assert_eq!(lookup(&db, "alice").expect("l").expect("alice").role, None);
+        // A role a later version may know.
+        write_role("admin", generation);
+        assert_eq!(lookup(&db, "alice").expect("l").expect("alice").role, None);
+        write_role("ops", generation);
+        assert_eq!(
+            lookup(&db, "alice").expect("l").expect("alice").role,
+            Some(Role::Ops)
+        );
+    }
+
+    #[test]
+    fn role_names_parse_and_unknown_ones_say_which_exist() {
+        assert_eq!("ops".parse::<Role>(), Ok(Role::Ops));
+        assert_eq!(Role::Ops.to_string(), "ops");
+        let err = "Ops".parse::<Role>().expect_err("case matters");
+        assert!(err.contains("known: ops"), "{err}");
     }
 
     #[test]

@@ -25,22 +25,30 @@ pub fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add {
             name,
             password_stdin,
+            role,
         } => {
             let password = if password_stdin {
                 read_stdin_line()?
             } else {
                 prompt_password()?
             };
-            auth::add_user(db, &name, &password)?;
-            eprintln!("user {name} added");
+            auth::add_user(db, &name, &password, role)?;
+            match role {
+                Some(role) => eprintln!("user {name} added with the {role} role"),
+                None => eprintln!("user {name} added"),
+            }
         }
         UserCommand::Remove { name } => {
             auth::remove_user(db, &name)?;
             eprintln!("user {name} removed; their tokens no longer work");
         }
         UserCommand::List => {
-            for name in auth::list_users(db)? {
-                println!("{name}");
+            // Names hold no control characters (`add` refuses them), so a tab separates.
+            for (name, role) in auth::list_users(db)? {
+                match role {
+                    Some(role) => println!("{name}\t{role}"),
+                    None => println!("{name}"),
+                }
             }
         }
     }

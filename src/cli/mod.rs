@@ -8,6 +8,7 @@
 //! The settings every command shares are [`Settings`](crate::config::Settings), in `config`.
 use clap::{Parser, Subcommand};
 
+use crate::auth::Role;
 use crate::config::Settings;
 
 pub mod admin;
@@ -59,10 +60,15 @@ pub enum UserCommand {
         /// Read the password from standard input (first line) instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Give the user a role: `ops` may read /report, /report/history and /metrics under
+        /// `--ops-auth token`. Without it, a plain user. To change a user's role, remove and
+        /// add them again (their old tokens stop working).
+        #[arg(long)]
+        role: Option<Role>,
     },
     /// Remove a user; their tokens stop working.
     Remove { name: String },
-    /// List users.
+    /// List users, one a line: the name, then a tab and the role for a user who has one.
     List,
 }
 

@@ -62,8 +62,8 @@ pub fn secret_route(auth: Auth) -> impl Filter<Extract = (Response,), Error = Re
         .and(with(auth))
         .then(|authorization: Option<String>, auth: Auth| async move {
             match auth.verify(authorization.as_deref()).await {
-                Ok(username) => warp::reply::with_header(
-                    format!("Hi {username}"),
+                Ok(identity) => warp::reply::with_header(
+                    format!("Hi {}", identity.username),
                     "content-type",
                     "text/plain; charset=utf-8",
                 )

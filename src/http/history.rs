@@ -4,6 +4,7 @@ use serde::Serialize;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::ops_auth::{admitted, OpsGate};
 use super::reply::{error_response, json_response};
 use super::with;
 use crate::error::ApiError;
@@ -23,15 +24,22 @@ struct HistoryResponse {
     points: Vec<HistoryPoint>,
 }
 
-pub fn route(history: History) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn route(
+    history: History,
+    gate: OpsGate,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("report" / "history")
         .and(super::get_or_head())
+        .and(admitted(gate))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with(history))
         .then(handle)
 }
 
-async fn handle(query: String, history: History) -> Response {
+async fn handle(admitted: Result<(), ApiError>, query: String, history: History) -> Response {
+    if let Err(refused) = admitted {
+        return error_response(&refused);
+    }
     let minutes = match parse_minutes(&query) {
         Ok(m) => m,
         Err(e) => return error_response(&e),

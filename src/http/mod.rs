@@ -8,6 +8,7 @@ mod cors;
 mod history;
 mod model;
 mod ops;
+mod ops_auth;
 mod rejection;
 mod reply;
 mod report;
@@ -28,6 +29,7 @@ use crate::report::ReportService;
 pub use classify::Metering;
 pub use model::ModelInfo;
 pub use ops::Ops;
+pub use ops_auth::OpsGate;
 
 /// What the routes are built from: one handle per concern, each handed only to its own routes.
 #[derive(Clone)]
@@ -38,6 +40,8 @@ pub struct Services {
     pub history: History,
     pub auth: Auth,
     pub ops: Ops,
+    /// Who may read `/report`, `/report/history` and `/metrics` (`--ops-auth`).
+    pub ops_gate: OpsGate,
     /// The origins whose pages may call the API from a browser.
     pub cors: CorsOrigins,
     /// The proxies whose forwarding headers name the client.
@@ -57,16 +61,17 @@ pub fn routes(
     // Boxed (an `Arc`): warp keeps a copy of a filter's not-yet-tried alternatives and later
     // steps in every request's future, so without the boxes each request cloned every route's
     // handles (5% of a cached hit in `perf`); now two reference counts.
+    let gate = services.ops_gate;
     let others = model::route(services.model)
-        .or(report::route(services.report))
+        .or(report::route(services.report, gate.clone()))
         .unify()
         .or(auth::token_route(services.auth.clone()))
         .unify()
         .or(auth::secret_route(services.auth))
         .unify()
-        .or(ops::routes(services.ops))
+        .or(ops::routes(services.ops, gate.clone()))
         .unify()
-        .or(history::route(services.history))
+        .or(history::route(services.history, gate))
         .unify()
         .or(web::route())
         .unify()

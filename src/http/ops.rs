@@ -1,4 +1,6 @@
 //! For operators and orchestrators: liveness, readiness, Prometheus metrics, the OpenAPI spec.
+//! Only `/metrics` is behind `--ops-auth`: probes and the spec stay open (orchestrators probe
+//! without tokens, and the spec is public knowledge).
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +9,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::ops_auth::{admitted, OpsGate};
 use super::reply::{error_response, unavailable_says_when};
 use super::with;
 use crate::elastic::Reporter;
@@ -27,7 +30,10 @@ pub struct Ops {
     pub reporter: Option<Reporter>,
 }
 
-pub fn routes(ops: Ops) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    ops: Ops,
+    gate: OpsGate,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let healthz = warp::path!("healthz")
         .and(super::get_or_head())
         .map(|| warp::reply::json(&json!({ "status": "ok" })).into_response());
@@ -48,8 +54,12 @@ pub fn routes(ops: Ops) -> impl Filter<Extract = (Response,), Error = Rejection>
         });
     let metrics = warp::path!("metrics")
         .and(super::get_or_head())
+        .and(admitted(gate))
         .and(with(ops))
-        .map(render_metrics);
+        .map(|admitted: Result<(), ApiError>, ops: Ops| match admitted {
+            Ok(()) => render_metrics(ops),
+            Err(refused) => error_response(&refused),
+        });
     let openapi = warp::path!("openapi.yaml")
         .and(super::get_or_head())
         .map(|| {
@@ -94,14 +104,14 @@ mod tests {
         };
         let response = warp::test::request()
             .path("/readyz")
-            .reply(&routes(ops.clone()))
+            .reply(&routes(ops.clone(), OpsGate::open()))
             .await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "1");
         ops.ready.store(true, Ordering::Release);
         let response = warp::test::request()
             .path("/readyz")
-            .reply(&routes(ops))
+            .reply(&routes(ops, OpsGate::open()))
             .await;
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.headers().get("retry-after").is_none());

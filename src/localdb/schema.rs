@@ -13,6 +13,7 @@
 //! | `storage_meta_v1`       | storage (redb) | name                    | u64 (`writer_seq`)                  |
 //! | `auth_users`            | auth           | username                | (PHC hash, generation)              |
 //! | `auth_meta`             | auth           | name                    | u64 (`next_generation`)             |
+//! | `auth_roles`            | auth           | username                | (role, generation)                  |
 //! | `auth_revoked_tokens`   | auth           | revocation id           | revoked at (unix ms)                |
 //! | `es_outbox_v1`          | elastic        | sequence                | (document id, JSON source)          |
 //! | `es_dead_letter_v1`     | elastic        | sequence                | (id, JSON source, reason, ms)       |
@@ -53,6 +54,11 @@ pub(crate) const WRITER_SEQ: &str = "writer_seq";
 pub(crate) const USERS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("auth_users");
 /// Named counters of auth (`next_generation`).
 pub(crate) const AUTH_META: TableDefinition<&str, u64> = TableDefinition::new("auth_meta");
+/// Username → (role name, the user's generation) for users with a role; a user without a row is
+/// a plain user, as every user was before roles existed. The role counts only while the
+/// generation matches the user's: a row a binary without roles left behind when it removed and
+/// re-added the user grants nothing.
+pub(crate) const ROLES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("auth_roles");
 /// Revocation id (block signature bytes) → when it was revoked (unix millis), kept so a future
 /// cleanup job can drop entries older than the longest TTL ever configured.
 pub(crate) const REVOKED: TableDefinition<&[u8], u64> = TableDefinition::new("auth_revoked_tokens");
@@ -84,6 +90,7 @@ pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), redb::TableError>
     txn.open_table(STORAGE_META)?;
     txn.open_table(USERS)?;
     txn.open_table(AUTH_META)?;
+    txn.open_table(ROLES)?;
     txn.open_table(REVOKED)?;
     txn.open_table(OUTBOX)?;
     txn.open_table(DEAD_LETTERS)?;

@@ -12,6 +12,7 @@ mod helpers;
 mod history;
 mod model;
 mod ops;
+mod ops_auth;
 mod process;
 mod ratelimit;
 mod report;

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use warp::http::StatusCode;
 
 /// Runs `classifier-api ARGS --data-dir DIR` with `stdin` piped in.
-fn cli(data_dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+pub(crate) fn cli(data_dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_classifier-api"))
         .args(args)
         .arg("--data-dir")

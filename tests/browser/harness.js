@@ -6,7 +6,7 @@
 //
 // Environment: CLASSIFIER_BIN (binary), CHROMIUM (browser).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -77,14 +77,26 @@ process.on('exit', () => {
   }
 });
 
+/** `classifier-api user add NAME --password-stdin [--role ROLE]` on `dataDir`, before the server holds it. */
+function addUser(dataDir, { name, password, role }) {
+  const args = ['user', 'add', name, '--password-stdin', '--data-dir', dataDir, ...(role ? ['--role', role] : [])];
+  const out = spawnSync(binary, args, { input: `${password}\n`, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+  assert.equal(out.status, 0, `user add ${name}: ${out.stderr}`);
+}
+
 /**
  * Starts both servers and the browser on `/?refresh=1` (the dashboard refreshes every second
- * instead of every 5, so tests wait less). Resolves to
- * {api, img, page, problems, foreignRequests, classifyDirectly, getJson, close}:
- * `problems` collects page errors and console errors, `foreignRequests` any request to a third host.
+ * instead of every 5, so tests wait less). Options: `serveArgs`, more flags for `serve` (e.g.
+ * `['--ops-auth', 'token']`); `users`, [{name, password, role?}] added with the CLI before the
+ * server starts. Resolves to
+ * {api, img, page, problems, foreignRequests, classifyDirectly, getJson, login, close}:
+ * `problems` collects page errors and console errors, `foreignRequests` any request to a third
+ * host; `login(name, password)` resolves to a token from `POST /token`.
  */
-export async function launch() {
+export async function launch({ serveArgs = [], users = [] } = {}) {
   const scratch = mkdtempSync(path.join(tmpdir(), 'classifier-browser-'));
+  const dataDir = path.join(scratch, 'data');
+  for (const user of users) addUser(dataDir, user);
   const imagePort = await start('image server', 'python3', ['-u', '-m', 'http.server', '0', '--bind', '127.0.0.1', '--directory', images], {
     stream: 'stdout',
     pattern: /port (\d+)/,
@@ -94,7 +106,7 @@ export async function launch() {
   const addr = await start(
     'classifier-api',
     binary,
-    ['serve', '--listen', '127.0.0.1:0', '--allow-private-networks', '--data-dir', path.join(scratch, 'data')],
+    ['serve', '--listen', '127.0.0.1:0', '--allow-private-networks', '--data-dir', dataDir, ...serveArgs],
     {
       stream: 'stderr',
       pattern: /listening on http:\/\/([0-9.]+:[0-9]+)/,
@@ -140,13 +152,23 @@ export async function launch() {
     return response.json();
   }
 
+  async function login(username, password) {
+    const response = await fetch(`${api}/token`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ username, password }),
+    });
+    assert.equal(response.status, 200, `login of ${username}`);
+    return (await response.json()).token;
+  }
+
   async function close() {
     await context.close().catch(() => {});
     await Promise.all(children.map(stop));
     rmSync(scratch, { recursive: true, force: true });
   }
 
-  return { api, img, page, problems, foreignRequests, classifyDirectly, getJson, close };
+  return { api, img, page, problems, foreignRequests, classifyDirectly, getJson, login, close };
 }
 
 /** The page fits its window's width: nothing to scroll sideways (phone width, say). */

@@ -39,7 +39,7 @@ impl<'a> Metered<'a> {
             (false, _) | (_, None) => None,
             (true, Some(addr)) => Some(match authorization {
                 Some(header) => match metering.auth.verify(Some(header)).await {
-                    Ok(user) => Client::User(Arc::from(user)),
+                    Ok(identity) => Client::User(Arc::from(identity.username)),
                     Err(_) => Client::Addr(AddrKey::from(addr)),
                 },
                 None => Client::Addr(AddrKey::from(addr)),
