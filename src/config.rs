@@ -72,6 +72,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--redis-url`, checked and opened at parse time; `Debug` hides the password.
+#[derive(Clone)]
+pub struct RedisUrl {
+    pub client: redis::Client,
+    redacted: String,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut url = url::Url::parse(s)
+            .map_err(|e| format!("not a URL ({e}); e.g. redis://127.0.0.1:6379/0"))?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err("the scheme must be redis:// or rediss:// (TLS)".into());
+        }
+        let client = redis::Client::open(s).map_err(|e| format!("not a Redis URL: {e}"))?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("redacted"));
+        }
+        Ok(Self {
+            client,
+            redacted: url.to_string(),
+        })
+    }
+}
+
 /// The pages allowed to call the API, from `--cors-origins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -220,6 +253,31 @@ pub struct Settings {
     /// The cold limit per user (default: 10 x --rate-limit-cold).
     #[arg(long, env = "CLASSIFIER_RATE_LIMIT_USER_COLD", global = true)]
     pub rate_limit_user_cold: Option<RateSetting>,
+
+    /// Share results, single flight and statistics (so `/report`) with every replica on this
+    /// Redis: `redis://[user:pass@]host:port/db` or `rediss://` (TLS). Unset: all of it stays in
+    /// the data dir. Users, tokens, history and the Elasticsearch outbox stay per replica in this
+    /// build. The password is redacted in logs.
+    #[arg(long, env = "CLASSIFIER_REDIS_URL", global = true)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "CLASSIFIER_REDIS_PREFIX",
+        default_value = "classifier",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// How long one Redis command may take before it counts as failed.
+    #[arg(
+        long,
+        env = "CLASSIFIER_REDIS_TIMEOUT",
+        default_value = "250ms",
+        global = true
+    )]
+    pub redis_timeout: humantime::Duration,
 
     /// Directory for the database (cache, statistics, users, keys).
     #[arg(
@@ -485,6 +543,20 @@ pub struct Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_are_checked_and_their_password_never_printed() {
+        let url: RedisUrl = "redis://app:s3cret@cache.internal:6380/2".parse().unwrap();
+        assert_eq!(
+            format!("{url:?}"),
+            "redis://app:redacted@cache.internal:6380/2"
+        );
+        let tls: RedisUrl = "rediss://cache.internal/".parse().unwrap();
+        assert_eq!(format!("{tls:?}"), "rediss://cache.internal/");
+        for bad in ["cache.internal:6379", "http://cache.internal/", "redis://"] {
+            assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
+        }
+    }
 
     fn only(list: &[&str]) -> CorsOrigins {
         CorsOrigins::Only(list.iter().map(|s| s.to_string()).collect())

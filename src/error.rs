@@ -36,6 +36,9 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("the service is busy, try again shortly")]
     Overloaded,
+    /// The shared store (Redis) is unreachable; answered at once, with `Retry-After`.
+    #[error("the shared store is unavailable, try again shortly")]
+    StorageUnavailable,
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed on this endpoint")]
@@ -78,7 +81,7 @@ impl ApiError {
             Self::UnsupportedImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             Self::Upstream(_) => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Overloaded => "overloaded",
+            Self::StorageUnavailable => "storage_unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::LengthRequired => "length_required",
@@ -165,7 +169,16 @@ impl From<Refused> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        tracing::error!(error = %e, "storage failed");
-        Self::Internal
+        match e {
+            // An outage, not a bug: the client may retry; the backend logs the cause.
+            StorageError::Redis(cause) => {
+                tracing::warn!(error = %cause, "shared store unavailable");
+                Self::StorageUnavailable
+            }
+            e => {
+                tracing::error!(error = %e, "storage failed");
+                Self::Internal
+            }
+        }
     }
 }

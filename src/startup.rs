@@ -25,7 +25,7 @@ use crate::http::{ModelInfo, Ops, OpsGate, Services};
 use crate::localdb::LocalDb;
 use crate::ratelimit::RateLimits;
 use crate::report::ReportService;
-use crate::storage::{BackendKind, Storage, StorageConfig};
+use crate::storage::{BackendKind, RedisTarget, Storage, StorageConfig};
 
 /// Inference requests that may wait behind the running batch before callers get `overloaded`.
 const INFERENCE_QUEUE: usize = 64;
@@ -61,11 +61,21 @@ impl Application {
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let identity = model_identity(&settings).await?;
-        let kind = BackendKind::Redb(db.clone());
+        let kind = match &settings.redis_url {
+            Some(url) => BackendKind::Redis(Box::new(RedisTarget {
+                client: url.client.clone(),
+                prefix: settings.redis_prefix.clone(),
+                timeout: settings.redis_timeout.into(),
+            })),
+            None => BackendKind::Redb(db.clone()),
+        };
         let storage =
             crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
                 .await
-                .context("starting the storage layer")?;
+                .with_context(|| match &settings.redis_url {
+                    Some(url) => format!("starting the storage layer on Redis at {url:?}"),
+                    None => "starting the storage layer".to_owned(),
+                })?;
         let auth = build_auth(&settings, db.clone(), clock.clone())?;
         let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();

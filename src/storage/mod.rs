@@ -27,8 +27,9 @@ mod lease;
 mod memory;
 mod redb;
 mod redis;
-#[cfg(test)]
-pub(crate) mod redis_server;
+/// Tests' `redis-server` (unit and API tests share it; nothing in the service calls it).
+#[doc(hidden)]
+pub mod redis_server;
 mod stats;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub(crate) struct RedisServer {
+pub struct RedisServer {
     child: Child,
     /// Stops the server if this process dies without dropping it (a static, a panic, a kill).
     watchdog: Child,
@@ -14,7 +14,7 @@ pub(crate) struct RedisServer {
 }
 
 impl RedisServer {
-    pub(crate) fn start() -> RedisServer {
+    pub fn start() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -23,7 +23,7 @@ impl RedisServer {
     }
 
     /// On a given port: "Redis comes back" where the clients already point.
-    pub(crate) fn start_on(port: u16) -> RedisServer {
+    pub fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -59,11 +59,11 @@ impl RedisServer {
         server
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub(crate) fn client(&self) -> redis::Client {
+    pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("a valid URL")
     }
 }
@@ -78,13 +78,13 @@ impl Drop for RedisServer {
 }
 
 /// One server for the whole test binary; each test keeps to its own key prefix.
-pub(crate) fn shared() -> &'static RedisServer {
+pub fn shared() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(RedisServer::start)
 }
 
 /// A prefix no other test in this process uses.
-pub(crate) fn unique_prefix() -> String {
+pub fn unique_prefix() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("test{}-{n}", std::process::id())

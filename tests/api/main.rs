@@ -15,6 +15,7 @@ mod ops;
 mod ops_auth;
 mod process;
 mod ratelimit;
+mod redis;
 mod report;
 mod secret;
 mod ssrf;

@@ -1,0 +1,110 @@
+//! Two replicas on one Redis (`--redis-url`): one cache, one single flight, one report.
+use crate::helpers::{error_code, start_app, test_settings, FixtureServer, TestApp};
+use classifier_api::storage::redis_server::RedisServer;
+use warp::http::StatusCode;
+
+async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        prefix,
+        "--stats-flush-interval",
+        "10ms",
+    ];
+    let settings = test_settings(data_dir.path(), &args);
+    start_app(settings, FixtureServer::start().await, data_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_results_single_flight_and_the_report() {
+    let redis = RedisServer::start();
+    let (a, b) = (replica(&redis, "p").await, replica(&redis, "p").await);
+    // Both replicas ask for one image served by a's fixture server, at once: one download.
+    let image = a.fixtures.url("/delayed/cat.bmp");
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let (client, url) = if i % 2 == 0 {
+                (&a.client, a.url("/classify-image"))
+            } else {
+                (&b.client, b.url("/classify-image"))
+            };
+            client
+                .post(url)
+                .json(&serde_json::json!({ "image_url": image }))
+                .send()
+        })
+        .collect();
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(
+        a.fixtures.hits("/delayed/cat.bmp"),
+        1,
+        "one download for both replicas"
+    );
+    // Later requests on either are cache hits.
+    assert_eq!(b.classify(&image).await.0, StatusCode::OK);
+    assert_eq!(a.fixtures.hits("/delayed/cat.bmp"), 1);
+    // One table: each replica's report counts all 7 once both have flushed.
+    let mut counts = (0, 0);
+    for _ in 0..100 {
+        counts = (
+            a.report().await[0]["count"].as_u64().unwrap(),
+            b.report().await[0]["count"].as_u64().unwrap(),
+        );
+        if counts == (7, 7) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(counts, (7, 7));
+    // Another prefix is another deployment on the same Redis.
+    let c = replica(&redis, "other").await;
+    assert!(c.report().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_classify_still_answers_and_the_report_says_503() {
+    let redis = RedisServer::start();
+    let app = replica(&redis, "p").await;
+    assert_eq!(
+        app.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
+    drop(redis);
+    // A new image: computed here without the shared lease or cache.
+    assert_eq!(
+        app.classify_fixture("/images/bird.bmp").await.0,
+        StatusCode::OK
+    );
+    let response = app.client.get(app.url("/report")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "storage_unavailable");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_start_with_a_clear_message() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://user:hunter2@127.0.0.1:{port}/");
+    let settings = test_settings(data_dir.path(), &["--redis-url", &url]);
+    let error = classifier_api::startup::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("Redis at redis://user:redacted@127.0.0.1"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
