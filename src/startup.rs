@@ -23,7 +23,7 @@ use crate::elastic::{ElasticAuth, ElasticConfig, Reporter};
 use crate::history::History;
 use crate::http::{ModelInfo, Ops, OpsGate, Services};
 use crate::localdb::LocalDb;
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::{RateLimits, SharedBuckets};
 use crate::report::ReportService;
 use crate::storage::{BackendKind, RedisTarget, Storage, StorageConfig};
 
@@ -107,7 +107,7 @@ impl Application {
             ops_gate,
             cors: settings.cors_origins.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
-            rate_limits: build_rate_limits(&settings),
+            rate_limits: build_rate_limits(&settings)?,
         };
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -179,14 +179,29 @@ impl Application {
 
 /// The per-client limits, and the sweep that drops refilled buckets (memory follows the
 /// clients of the last few seconds, not every client ever seen).
-fn build_rate_limits(settings: &Settings) -> RateLimits {
-    let limits = RateLimits::new(settings.rate_limits());
-    if limits.enabled() {
-        // The task ends with the runtime.
-        drop(limits.spawn_sweeper(RATE_LIMIT_SWEEP));
-        tracing::info!(config = ?settings.rate_limits(), "rate limits on");
+/// With `--redis-url` the buckets are shared there; this process's stay as the fallback.
+fn build_rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {
+    let mut limits = RateLimits::new(settings.rate_limits());
+    if !limits.enabled() {
+        return Ok(limits);
     }
-    limits
+    if let Some(url) = &settings.redis_url {
+        let shared = SharedBuckets::new(
+            url.client.clone(),
+            &settings.redis_prefix,
+            settings.redis_timeout.into(),
+        )
+        .with_context(|| format!("rate-limit buckets on Redis at {url:?}"))?;
+        limits = limits.shared(shared);
+    }
+    // The task ends with the runtime.
+    drop(limits.spawn_sweeper(RATE_LIMIT_SWEEP));
+    tracing::info!(
+        config = ?settings.rate_limits(),
+        shared = settings.redis_url.is_some(),
+        "rate limits on"
+    );
+    Ok(limits)
 }
 
 /// The Prometheus recorder (`None` with `--disable-metrics`), with the model's info gauge set.

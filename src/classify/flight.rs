@@ -114,16 +114,17 @@ impl SingleFlight {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
-        self.get_or_compute_charged(key, || Ok(()), compute).await
+        self.get_or_compute_charged(key, std::future::ready(Ok(())), compute)
+            .await
     }
 
-    /// As [`get_or_compute`](Self::get_or_compute), but `charge` is asked first when this request
-    /// is the one that must compute (not in memory, not in the backend, no flight to join); its
-    /// error is this request's answer alone.
+    /// As [`get_or_compute`](Self::get_or_compute), but `charge` is awaited first when this
+    /// request is the one that must compute (not in memory, not in the backend, no flight to
+    /// join); its error is this request's answer alone.
     pub async fn get_or_compute_charged<F, Fut>(
         &self,
         key: &str,
-        charge: impl FnOnce() -> Result<(), ApiError>,
+        charge: impl Future<Output = Result<(), ApiError>>,
         compute: F,
     ) -> Result<(Classification, CacheOutcome), ApiError>
     where
@@ -176,7 +177,7 @@ impl SingleFlight {
         key: &str,
         tx: watch::Sender<Option<Outcome>>,
         id: u64,
-        charge: impl FnOnce() -> Result<(), ApiError>,
+        charge: impl Future<Output = Result<(), ApiError>>,
         compute: F,
     ) -> Result<(Classification, CacheOutcome), ApiError>
     where
@@ -195,7 +196,7 @@ impl SingleFlight {
             return Ok((hit, CacheOutcome::DiskHit));
         }
         // Refused: `tx` goes without a value, and the waiters try again on their own account.
-        charge()?;
+        charge.await?;
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
         let task = tokio::spawn(async move {
@@ -465,7 +466,7 @@ mod tests {
         let charged = Arc::new(AtomicUsize::new(0));
         let charge = |allow: bool| {
             let charged = Arc::clone(&charged);
-            move || {
+            async move {
                 charged.fetch_add(1, Ordering::SeqCst);
                 if allow {
                     Ok(())

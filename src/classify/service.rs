@@ -5,6 +5,7 @@
 //! hashes, and finds the result by hash if those bytes were classified before (under another URL
 //! or uploaded). Uploads go straight to the content level. Both levels are single flights, so
 //! concurrent requests for one URL, or for the same bytes, cause one inference.
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,7 @@ impl ClassifyService {
         _admitted: &Admission<'_>,
         url: ImageUrl,
         arrived: Instant,
-        cold: impl FnOnce() -> Result<(), ApiError>,
+        cold: impl Future<Output = Result<(), ApiError>>,
     ) -> Result<Answer, ApiError> {
         let inner = &self.inner;
         // A hit in memory needs none of the handles the computation takes with it.
@@ -103,7 +104,7 @@ impl ClassifyService {
                 let bytes = pipeline.download(&key).await?;
                 let hash = content_hash(&bytes).await?;
                 // Charged already: the download was the cost, whatever the content level finds.
-                by_content(&flight, &pipeline, hash, bytes, || Ok(()))
+                by_content(&flight, &pipeline, hash, bytes, std::future::ready(Ok(())))
                     .await
                     .map(|(c, _)| c)
             })
@@ -112,13 +113,13 @@ impl ClassifyService {
     }
 
     /// Uploaded bytes, by their content hash. Counted under the hash, and only when it succeeds.
-    /// `cold` is asked before an inference.
+    /// `cold` is awaited before an inference.
     pub async fn classify_upload(
         &self,
         _admitted: &Admission<'_>,
         bytes: Bytes,
         arrived: Instant,
-        cold: impl FnOnce() -> Result<(), ApiError>,
+        cold: impl Future<Output = Result<(), ApiError>>,
     ) -> Result<Answer, ApiError> {
         let hash = content_hash(&bytes).await?;
         let (classification, outcome) =
@@ -150,7 +151,7 @@ async fn by_content(
     pipeline: &Pipeline,
     hash: ContentHash,
     bytes: Bytes,
-    cold: impl FnOnce() -> Result<(), ApiError>,
+    cold: impl Future<Output = Result<(), ApiError>>,
 ) -> Result<(Classification, CacheOutcome), ApiError> {
     let pipeline = pipeline.clone();
     let found = flight

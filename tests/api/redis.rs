@@ -4,9 +4,13 @@ use classifier_api::storage::redis_server::RedisServer;
 use warp::http::StatusCode;
 
 async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
+    replica_with(redis, prefix, &[]).await
+}
+
+async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
     let url = redis.url();
-    let args = [
+    let mut args = vec![
         "--redis-url",
         url.as_str(),
         "--redis-prefix",
@@ -14,6 +18,7 @@ async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
         "--stats-flush-interval",
         "10ms",
     ];
+    args.extend_from_slice(extra);
     let settings = test_settings(data_dir.path(), &args);
     start_app(settings, FixtureServer::start().await, data_dir).await
 }
@@ -107,4 +112,34 @@ async fn an_unreachable_redis_stops_the_start_with_a_clear_message() {
         "{message}"
     );
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_redis_enforce_one_rate_limit_and_limit_alone_without_it() {
+    let redis = RedisServer::start();
+    let limit = ["--rate-limit", "3/min"];
+    let (a, b) = (
+        replica_with(&redis, "p", &limit).await,
+        replica_with(&redis, "p", &limit).await,
+    );
+    assert_eq!(
+        [
+            statuses(&a).await,
+            statuses(&b).await,
+            statuses(&a).await,
+            statuses(&b).await
+        ],
+        [200, 200, 200, 429]
+    );
+    // Redis gone: each replica has its own (fresh) budget, and nothing answers 5xx.
+    drop(redis);
+    for app in [&a, &b] {
+        let seen: Vec<u16> = futures_util::future::join_all((0..4).map(|_| statuses(app))).await;
+        assert_eq!(seen.iter().filter(|s| **s == 200).count(), 3, "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| **s == 429).count(), 1, "{seen:?}");
+    }
+}
+
+async fn statuses(app: &TestApp) -> u16 {
+    app.classify_fixture("/images/cat.bmp").await.0.as_u16()
 }

@@ -54,21 +54,21 @@ impl<'a> Metered<'a> {
     }
 
     /// The every-request budget, checked on arrival.
-    pub fn check_all(&mut self) -> Result<(), ApiError> {
+    pub async fn check_all(&mut self) -> Result<(), ApiError> {
         let Some(client) = &self.client else {
             return Ok(());
         };
-        let (standing, result) = outcome(self.limits.check(Budget::All, client));
+        let (standing, result) = outcome(self.limits.take(Budget::All, client).await);
         self.all = standing;
         result
     }
 
     /// The cache-miss budget, checked by the classify service before a download or inference.
-    pub fn check_cold(&self) -> Result<(), ApiError> {
+    pub async fn check_cold(&self) -> Result<(), ApiError> {
         let Some(client) = &self.client else {
             return Ok(());
         };
-        let (standing, result) = outcome(self.limits.check(Budget::Cold, client));
+        let (standing, result) = outcome(self.limits.take(Budget::Cold, client).await);
         if let Some(standing) = standing {
             let _ = self.cold.set(standing);
         }

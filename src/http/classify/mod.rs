@@ -115,7 +115,7 @@ async fn handle(
     let mut body_read = false;
     let result = async {
         // Before the body is read: a refused request costs no upload.
-        metered.check_all()?;
+        metered.check_all().await?;
         // An upload is buffered only under an admission.
         let admitted = service.admit()?;
         let content_length = parse_length(content_length.as_deref())?;
@@ -136,7 +136,7 @@ async fn handle(
             }
             (body, query) => body.or(query),
         };
-        let cold = || metered.check_cold();
+        let cold = metered.check_cold();
         let answer = classify(&service, &admitted, request.input, arrived, cold).await?;
         Ok((answer, top_k))
     }
@@ -171,7 +171,7 @@ async fn classify(
     admitted: &Admission<'_>,
     input: Input,
     arrived: Instant,
-    cold: impl FnOnce() -> Result<(), ApiError>,
+    cold: impl std::future::Future<Output = Result<(), ApiError>>,
 ) -> Result<Answer, ApiError> {
     match input {
         Input::Url(url) => service.classify_url(admitted, url, arrived, cold).await,

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use crate::client::AddrKey;
 
+mod shared;
+pub use shared::SharedBuckets;
+
 /// One limit as configured: `N/s|min|h`, with an optional `burst=B` (default `N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -250,6 +253,8 @@ pub const USER_FACTOR: u32 = 10;
 #[derive(Clone)]
 pub struct RateLimits<C: Clock = DefaultClock> {
     inner: Arc<[Option<Limiter<C>>; 2]>,
+    /// With `--redis-url`: the buckets every replica shares (these are then the fallback).
+    shared: Option<Arc<SharedBuckets>>,
 }
 
 impl RateLimits<DefaultClock> {
@@ -269,7 +274,31 @@ impl<C: Clock + Clone> RateLimits<C> {
                 limiter(Budget::All, config.all, config.user_all),
                 limiter(Budget::Cold, config.cold, config.user_cold),
             ]),
+            shared: None,
         }
+    }
+
+    /// Checks go to these shared buckets first.
+    pub fn shared(mut self, buckets: SharedBuckets) -> Self {
+        self.shared = Some(Arc::new(buckets));
+        self
+    }
+
+    /// [`check`](Self::check) on the shared buckets when there are any; on this process's own
+    /// when there are none or Redis does not answer (never an error of its own).
+    pub async fn take(&self, budget: Budget, client: &Client) -> Result<Option<Standing>, Refused> {
+        let Some(limiter) = &self.inner[budget as usize] else {
+            return Ok(None);
+        };
+        let Some(rate) = limiter.rate_for(client) else {
+            return Ok(None);
+        };
+        if let Some(shared) = &self.shared {
+            if let Some(outcome) = shared.check(budget, client, rate).await {
+                return outcome.map(Some);
+            }
+        }
+        limiter.check(client)
     }
 
     /// True when some limit is set (else no check costs anything, and no header is sent).
@@ -508,6 +537,63 @@ mod tests {
         let me = addr("198.51.100.1");
         limits.check(Budget::All, &me).unwrap();
         assert!(limits.check(Budget::All, &me).is_err());
+    }
+
+    /// Two replicas on one Redis draw on one budget; Redis gone, each limits alone.
+    #[tokio::test]
+    async fn shared_buckets_are_one_budget_and_fall_back_to_local_ones() {
+        let mut redis = crate::storage::redis_server::RedisServer::start();
+        let replica = |redis: &crate::storage::redis_server::RedisServer| {
+            let shared =
+                SharedBuckets::new(redis.client(), "p", Duration::from_millis(300)).unwrap();
+            RateLimits::new(RateLimitConfig {
+                all: rate("2/min"),
+                ..Default::default()
+            })
+            .shared(shared)
+        };
+        let (a, b) = (replica(&redis), replica(&redis));
+        let me = addr("198.51.100.1");
+        let first = a.take(Budget::All, &me).await.unwrap().unwrap();
+        assert_eq!((first.remaining, first.reset_secs), (1, 30));
+        assert_eq!(
+            b.take(Budget::All, &me).await.unwrap().unwrap().remaining,
+            0
+        );
+        let refused = a.take(Budget::All, &me).await.unwrap_err();
+        assert_eq!(refused.retry_after_secs, 30);
+        // Users have their own keys, 10 x the budget.
+        let alice = Client::User("alice".into());
+        for _ in 0..20 {
+            a.take(Budget::All, &alice).await.unwrap();
+        }
+        assert!(b.take(Budget::All, &alice).await.is_err());
+        // Redis gone: each replica's own buckets (fresh here), never an error of their own.
+        let port = redis.port;
+        drop(redis);
+        for limits in [&a, &b] {
+            assert!(limits.take(Budget::All, &me).await.is_ok());
+            assert!(limits.take(Budget::All, &me).await.is_ok());
+            assert!(limits.take(Budget::All, &me).await.is_err());
+        }
+        // Back (empty): shared again.
+        redis = crate::storage::redis_server::RedisServer::start_on(port);
+        let mut shared_again = false;
+        for i in 10..60 {
+            // A new client each round: a round half on local buckets must not spoil the next.
+            let client = addr(&format!("198.51.100.{i}"));
+            if let (Ok(_), Ok(_), Err(_)) = (
+                a.take(Budget::All, &client).await,
+                b.take(Budget::All, &client).await,
+                a.take(Budget::All, &client).await,
+            ) {
+                shared_again = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(shared_again);
+        drop(redis);
     }
 
     #[test]
