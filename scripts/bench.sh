@@ -116,20 +116,37 @@ pids+=($!)
 for _ in $(seq 50); do grep -q "listening on" "$work/floor.log" && break; sleep 0.1; done
 floor_addr=$(grep -o 'listening on http://[0-9.:]*' "$work/floor.log" | sed 's#listening on http://##')
 
-# cached_hits LABEL: rounds of nginx, the floor and our server (one URL already in its cache),
-# in turn, so a slow minute moves all three alike; prints each round and the median ratios, and
-# sets $rps_last to our median req/s.
-cached_hits() {
-  curl -s -X POST -H 'Content-Type: application/json' \
-    -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$addr/classify-image" >/dev/null
-  local rounds=${BENCH_ROUNDS:-3} figures=() r nginx floor
-  for r in $(seq "$rounds"); do
-    load "http://127.0.0.1:$nginx_port/classify-image"; nginx=$rps
-    load "http://$floor_addr/classify-image"; floor=$rps
-    load "http://$addr/classify-image"
-    echo "  round $r: nginx $nginx req/s | warp alone $floor | ours $rps req/s, p99 $p99"
-    figures+=("$nginx" "$floor" "$rps")
+# warm ADDR...: each server classifies the image once, so the loads below are cache hits.
+warm() {
+  local a
+  for a in "$@"; do
+    curl -s -X POST -H 'Content-Type: application/json' \
+      -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$a/classify-image" >/dev/null
   done
+}
+
+# alternate NAME=ADDR...: BENCH_ROUNDS (3) rounds, each loading every server in turn, so a slow
+# minute moves them all alike; prints each round and sets $figures (req/s, round by round, in
+# the order given).
+alternate() {
+  local r pair line
+  figures=()
+  for r in $(seq "${BENCH_ROUNDS:-3}"); do
+    line="  round $r:"
+    for pair in "$@"; do
+      load "http://${pair#*=}/classify-image"
+      line+=" ${pair%%=*} $rps req/s (p99 $p99) |"
+      figures+=("$rps")
+    done
+    echo "${line% |}"
+  done
+}
+
+# cached_hits LABEL: nginx, the floor and our server (one URL already in its cache) alternating;
+# prints the median ratios and sets $rps_last to our median req/s.
+cached_hits() {
+  warm "$addr"
+  alternate "nginx=127.0.0.1:$nginx_port" "warp alone=$floor_addr" "ours=$addr"
   local summary
   summary=$(python3 - "$1" "${figures[@]}" <<'PY'
 import statistics, sys
@@ -178,18 +195,9 @@ python3 -c "print(f'metrics+logging overhead on cached hits: {$with}/{$without} 
 start_server "$work/limits-off"; off_addr=$addr; off_pid=$server_pid
 start_server "$work/limits-on" --rate-limit 1000000000/s --rate-limit-cold 1000000000/s
 on_addr=$addr; on_pid=$server_pid
-limited=()
-for a in "$off_addr" "$on_addr"; do
-  curl -s -X POST -H 'Content-Type: application/json' \
-    -d "{\"image_url\":\"http://127.0.0.1:$img_port/cat.bmp\"}" "http://$a/classify-image" >/dev/null
-done
-for r in $(seq "${BENCH_ROUNDS:-3}"); do
-  load "http://$off_addr/classify-image"; off=$rps
-  load "http://$on_addr/classify-image"
-  echo "  round $r: limits off $off req/s | on $rps req/s, p99 $p99"
-  limited+=("$off" "$rps")
-done
-python3 - "${limited[@]}" <<'PY'
+warm "$off_addr" "$on_addr"
+alternate "limits off=$off_addr" "on=$on_addr"
+python3 - "${figures[@]}" <<'PY'
 import statistics, sys
 f = [float(x) for x in sys.argv[1:]]
 ratios = [on / off for off, on in zip(f[0::2], f[1::2])]
@@ -197,6 +205,31 @@ print(f"cached hits with rate limits on (never refusing) = {statistics.median(ra
       f"(target >= 0.95; median of {len(ratios)} rounds)")
 PY
 kill "$off_pid" "$on_pid"; wait "$off_pid" "$on_pid" 2>/dev/null || true
+
+# Redis mode (--redis-url): cached hits against embedded mode (both from the memory tier), and
+# the cost of a rate-limit check on Redis (limits on there against off, alternating rounds).
+if ! command -v redis-server >/dev/null; then ./scripts/install-test-services.sh >/dev/null; fi
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning >/dev/null &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+redis_url="redis://127.0.0.1:$redis_port/"
+start_server "$work/embedded"; emb_addr=$addr; emb_pid=$server_pid
+start_server "$work/redis-off" --redis-url "$redis_url"; roff_addr=$addr; roff_pid=$server_pid
+start_server "$work/redis-on" --redis-url "$redis_url" --redis-prefix on \
+  --rate-limit 1000000000/s; ron_addr=$addr; ron_pid=$server_pid
+warm "$emb_addr" "$roff_addr" "$ron_addr"
+alternate "embedded=$emb_addr" "redis=$roff_addr" "redis + shared limits=$ron_addr"
+python3 - "${figures[@]}" <<'PY'
+import statistics, sys
+f = [float(x) for x in sys.argv[1:]]
+emb, off, on = f[0::3], f[1::3], f[2::3]
+med = statistics.median
+print(f"cached hits in Redis mode = {med([o / e for o, e in zip(off, emb)]):.3f} x embedded (target >= 0.9); "
+      f"with a shared rate limit = {med([n / o for n, o in zip(on, off)]):.3f} x without, "
+      f"{med([1e6 / n - 1e6 / o for n, o in zip(on, off)]):.1f} us more per request at c=64 (medians of {len(on)} rounds)")
+PY
+kill "$emb_pid" "$roff_pid" "$ron_pid"; wait "$emb_pid" "$roff_pid" "$ron_pid" 2>/dev/null || true
 echo "peak RSS (VmHWM) after start, cold c=8 and cached-hit loads: $((rss / 1024)) MiB (target < 400 MB = 381 MiB)"
 
 [[ -n "${BENCH_HTTP_ONLY:-}" ]] && exit 0

@@ -265,12 +265,18 @@ mod tests {
         format!("Bearer {token}")
     }
 
+    async fn login(f: &Fixture, name: &str, password: &str) -> String {
+        f.auth.login(name, password).await.expect("login").token
+    }
+
     async fn login_alice(f: &Fixture) -> String {
-        f.auth
-            .login("alice", "correct horse")
-            .await
-            .expect("login")
-            .token
+        login(f, "alice", "correct horse").await
+    }
+
+    /// An `ops` user, logged in: its token.
+    async fn add_ops_bot(f: &Fixture) -> String {
+        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
+        login(f, "ops-bot", "pw-ops").await
     }
 
     fn assert_invalid(r: Result<Identity, AuthError>, why: &str) -> String {
@@ -532,13 +538,7 @@ mod tests {
     #[tokio::test]
     async fn an_ops_users_token_carries_the_role_and_a_plain_one_does_not() {
         let f = fixture();
-        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
-        let ops = f
-            .auth
-            .login("ops-bot", "pw-ops")
-            .await
-            .expect("login")
-            .token;
+        let ops = add_ops_bot(&f).await;
         let plain = login_alice(&f).await;
 
         let identity = f.auth.verify(Some(&bearer(&ops))).await.expect("ops");
@@ -590,13 +590,7 @@ mod tests {
     #[tokio::test]
     async fn ops_tokens_die_with_their_user_and_with_a_changed_role() {
         let f = fixture();
-        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
-        let ops = f
-            .auth
-            .login("ops-bot", "pw-ops")
-            .await
-            .expect("login")
-            .token;
+        let ops = add_ops_bot(&f).await;
         // Re-added as a plain user: the old ops token names a generation that is gone.
         remove_user(&f.db, "ops-bot").expect("remove");
         add_user(&f.db, "ops-bot", "pw-ops", None).expect("re-add plain");
@@ -604,12 +598,7 @@ mod tests {
         assert!(reason.contains("re-created"), "{reason}");
 
         // A role changed in place (no command does this today) also refuses the old token.
-        let plain = f
-            .auth
-            .login("ops-bot", "pw-ops")
-            .await
-            .expect("login")
-            .token;
+        let plain = login(&f, "ops-bot", "pw-ops").await;
         let generation = users::lookup(&f.db, "ops-bot")
             .expect("lookup")
             .expect("exists")

@@ -3,30 +3,16 @@
 //! everything else stays open; with the default `none` nothing changes.
 use crate::helpers::{error_code, start_app, test_settings, FixtureServer, TestApp};
 use crate::process::start_server_env;
-use crate::secret::{add_user, cli};
-use biscuit_auth::{Biscuit, BlockBuilder, PublicKey};
+use crate::secret::{add_user, add_user_with, attenuate, cli};
+use biscuit_auth::PublicKey;
 use std::path::Path;
 use warp::http::StatusCode;
 
 const OPS_ENDPOINTS: [&str; 3] = ["/report", "/report/history?minutes=5", "/metrics"];
 
 fn add_ops_user(data_dir: &Path, name: &str, password: &str) {
-    let out = cli(
-        data_dir,
-        &["user", "add", name, "--password-stdin", "--role", "ops"],
-        password,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("with the ops role"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = add_user_with(data_dir, name, password, &["--role", "ops"]);
+    assert!(stderr.contains("with the ops role"), "{stderr}");
 }
 
 /// A fresh data dir with `alice` (a plain user) and `scraper` (an ops user), made by the CLI.
@@ -101,16 +87,6 @@ fn public_key(data_dir: &Path) -> PublicKey {
         .unwrap()
         .trim()
         .parse()
-        .unwrap()
-}
-
-fn attenuate(token: &str, public: PublicKey, code: &str) -> String {
-    let block = BlockBuilder::new().code(code).unwrap();
-    Biscuit::from_base64(token, public)
-        .unwrap()
-        .append(block)
-        .unwrap()
-        .to_base64()
         .unwrap()
 }
 

@@ -33,17 +33,17 @@ pub(crate) fn cli(data_dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &st
 }
 
 pub(crate) fn add_user(data_dir: &Path, name: &str, password: &str) {
-    let out = cli(
-        data_dir,
-        &["user", "add", name, "--password-stdin"],
-        password,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_user_with(data_dir, name, password, &[]);
+}
+
+/// `user add NAME --password-stdin EXTRA...`, which must succeed; what it printed on stderr.
+pub(crate) fn add_user_with(data_dir: &Path, name: &str, password: &str, extra: &[&str]) -> String {
+    let mut args = vec!["user", "add", name, "--password-stdin"];
+    args.extend_from_slice(extra);
+    let out = cli(data_dir, &args, password, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
 }
 
 async fn app_with_alice(clock: Option<ManualClock>) -> TestApp {
@@ -111,7 +111,7 @@ impl TestApp {
     }
 }
 
-fn attenuate(token: &str, public: PublicKey, code: &str) -> String {
+pub(crate) fn attenuate(token: &str, public: PublicKey, code: &str) -> String {
     let block = BlockBuilder::new().code(code).unwrap();
     Biscuit::from_base64(token, public)
         .unwrap()
