@@ -279,6 +279,15 @@ pub struct Settings {
     )]
     pub redis_timeout: humantime::Duration,
 
+    /// How long start-up waits for Redis to answer (retrying with backoff) before it exits.
+    #[arg(
+        long,
+        env = "CLASSIFIER_REDIS_CONNECT_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub redis_connect_timeout: humantime::Duration,
+
     /// Directory for the database (cache, statistics, users, keys).
     #[arg(
         long,

@@ -172,7 +172,7 @@ impl From<StorageError> for ApiError {
         match e {
             // An outage, not a bug: the client may retry; the backend logs the cause.
             StorageError::Redis(cause) => {
-                tracing::warn!(error = %cause, "shared store unavailable");
+                tracing::debug!(error = %cause, "shared store unavailable");
                 Self::StorageUnavailable
             }
             e => {

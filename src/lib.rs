@@ -26,7 +26,8 @@
 //! - `localdb`: the per-replica redb file: opening it, every table (`localdb::schema`), and the
 //!   one blocking helper for its transactions.
 //! - `rss`: gives back the memory TensorFlow's loading leaves resident (peak RSS).
-//! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging.
+//! - `metrics`: Prometheus metric names and the recorder; `telemetry`: logging; `outage`: a
+//!   shared dependency's health (logged once per outage, and a gauge).
 //! - `domain`: validated values (`ImageUrl`, `Classification`, report rows); `clock`: injectable
 //!   time; `sync`: the one poison-tolerant lock.
 //!
@@ -45,6 +46,7 @@ mod history;
 mod http;
 pub mod localdb;
 mod metrics;
+mod outage;
 pub mod ratelimit;
 mod report;
 pub mod rss;

@@ -21,6 +21,8 @@ pub const CACHE_LOOKUPS: &str = "classifier_cache_lookups_total";
 pub const CONTENT_LOOKUPS: &str = "classifier_content_cache_lookups_total";
 pub const CACHE_EXPIRED: &str = "classifier_cache_expired_total";
 pub const LOGIN_FAILURES: &str = "classifier_login_failures_total";
+/// 1 while the shared store (Redis, with `--redis-url`) answers, 0 during an outage.
+pub const STORAGE_UP: &str = "classifier_storage_up";
 /// 1, labelled with the model's SHA-256, name, format and resize filter (see `GET /model`).
 pub const MODEL_INFO: &str = "classifier_model_info";
 pub const ES_OUTBOX_DEPTH: &str = "classifier_es_outbox_depth";
@@ -159,6 +161,10 @@ fn describe() {
     );
     describe_histogram!(INFERENCE_BATCH, "images per TensorFlow session run");
     describe_gauge!(INFERENCE_QUEUE, "images waiting for the inference thread");
+    describe_gauge!(
+        STORAGE_UP,
+        "1 while the shared store (Redis) answers, 0 during an outage"
+    );
     describe_counter!(
         CACHE_LOOKUPS,
         "classifications by outcome: fresh (miss), memory_hit, disk_hit, joined (single flight)"

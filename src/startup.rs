@@ -66,6 +66,7 @@ impl Application {
                 client: url.client.clone(),
                 prefix: settings.redis_prefix.clone(),
                 timeout: settings.redis_timeout.into(),
+                connect_timeout: settings.redis_connect_timeout.into(),
             })),
             None => BackendKind::Redb(db.clone()),
         };
@@ -218,6 +219,10 @@ fn install_metrics(settings: &Settings, identity: &ModelIdentity) -> Option<Prom
         "resize_filter" => identity.preprocessing.filter.to_string(),
     )
     .set(1.0);
+    if settings.redis_url.is_some() {
+        // Redis answered during start-up; the backend lowers it during an outage.
+        metrics::gauge!(crate::metrics::STORAGE_UP).set(1.0);
+    }
     handle
 }
 

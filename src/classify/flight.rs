@@ -231,7 +231,7 @@ impl Inner {
             Ok(None) => self.wait_for_holder(key, compute).await,
             // Without the backend there is no one to coordinate with: compute here.
             Err(e) => {
-                tracing::warn!(error = %e, key, "lease unavailable; computing without it");
+                crate::storage::worked_around(&e, "lease unavailable; computing without it");
                 (
                     self.compute_and_cache(key, compute, None).await,
                     CacheOutcome::Fresh,

@@ -2,7 +2,6 @@
 //! check, GCRA on Redis's own clock (`TIME`), one key per client and budget that expires when
 //! its bucket is full again. If Redis does not answer, the caller falls back to this process's
 //! buckets ([`super::RateLimits::take`]).
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -10,6 +9,7 @@ use redis::Script;
 
 use super::{Budget, Client, Rate, Refused, Standing};
 use crate::client::AddrKey;
+use crate::outage::Health;
 
 /// KEYS: the bucket. ARGV: emission interval (µs, may be fractional), burst. Returns
 /// {1, remaining, µs until full} or {0, 0, µs until the next request may pass}.
@@ -33,8 +33,7 @@ pub struct SharedBuckets {
     prefix: String,
     timeout: Duration,
     script: Script,
-    /// Set while Redis is failing, so the outage is logged once, and its end once.
-    down: AtomicBool,
+    health: Health,
 }
 
 impl SharedBuckets {
@@ -47,7 +46,7 @@ impl SharedBuckets {
             prefix: prefix.to_owned(),
             timeout,
             script: Script::new(GCRA),
-            down: AtomicBool::new(false),
+            health: Health::new("redis (rate limits: per replica until it is back)", None),
         })
     }
 
@@ -78,9 +77,7 @@ impl SharedBuckets {
         .await;
         match reply {
             Ok(Ok((allowed, remaining, micros))) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!("rate limits shared on Redis again");
-                }
+                self.health.up();
                 let secs = (micros.max(0) as u64).div_ceil(1_000_000);
                 Some(if allowed == 1 {
                     Ok(Standing {
@@ -95,17 +92,13 @@ impl SharedBuckets {
                     })
                 })
             }
-            failed => {
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {:?}", self.timeout),
-                    };
-                    tracing::warn!(
-                        error,
-                        "Redis unavailable: rate limits are per replica until it is back"
-                    );
-                }
+            Ok(Err(e)) => {
+                self.health.failed(&e);
+                None
+            }
+            Err(_) => {
+                self.health
+                    .failed(&format!("no answer within {:?}", self.timeout));
                 None
             }
         }

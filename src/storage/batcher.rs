@@ -201,7 +201,11 @@ async fn run<S: StatsStore>(
             return result;
         }
         if let Err(e) = flush_round(&shared, &*store).await {
-            tracing::error!(error = %e, "applying statistics failed; will retry with the next batch");
+            if e.is_outage() {
+                tracing::debug!(error = %e, "applying statistics failed; kept for the next batch");
+            } else {
+                tracing::error!(error = %e, "applying statistics failed; will retry with the next batch");
+            }
         }
     }
 }

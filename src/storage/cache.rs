@@ -115,7 +115,7 @@ impl<B: CacheStore> ResultCache<B> {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(error = %e, key, "reading cached result failed");
+                super::worked_around(&e, "reading a cached result failed; computing it");
                 None
             }
         }
@@ -131,7 +131,7 @@ impl<B: CacheStore> ResultCache<B> {
         };
         self.inner.memory.insert(key.to_owned(), entry.clone());
         if let Err(e) = self.inner.backend.put(&self.stored(key), entry).await {
-            tracing::warn!(error = %e, key, "storing cached result failed");
+            super::worked_around(&e, "storing a cached result failed; it is in memory only");
         }
     }
 
@@ -143,7 +143,7 @@ impl<B: CacheStore> ResultCache<B> {
     /// Gives a lease back; a failure only means it expires by itself.
     pub async fn release(&self, lease: Lease) {
         if let Err(e) = self.inner.backend.release(lease).await {
-            tracing::warn!(error = %e, "releasing a lease failed; it expires by itself");
+            super::worked_around(&e, "releasing a lease failed; it expires by itself");
         }
     }
 }

@@ -57,6 +57,24 @@ pub enum StorageError {
     Redis(String),
 }
 
+impl StorageError {
+    /// A shared store that does not answer: its backend reports the outage once
+    /// (`outage::Health`), so callers need not log each failed call.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+}
+
+/// A failed call the service works around: a warning, unless it is part of an outage the
+/// backend already reported.
+pub(crate) fn worked_around(e: &StorageError, what: &'static str) {
+    if e.is_outage() {
+        tracing::debug!(error = %e, what);
+    } else {
+        tracing::warn!(error = %e, what);
+    }
+}
+
 /// Tunables of the storage layer. `Default` is the production setting; tests shorten intervals.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -108,6 +126,8 @@ pub struct RedisTarget {
     pub client: ::redis::Client,
     pub prefix: String,
     pub timeout: Duration,
+    /// How long start-up keeps trying to reach Redis before it gives up.
+    pub connect_timeout: Duration,
 }
 
 /// Starts the storage layer on the chosen backend.
@@ -119,14 +139,36 @@ pub async fn open(
     let backend = match kind {
         BackendKind::Redb(db) => Backend::Redb(RedbBackend::new(db, Arc::clone(&clock))),
         BackendKind::Memory => Backend::Memory(MemoryBackend::new()),
-        BackendKind::Redis(target) => Backend::Redis(RedisBackend::new(
-            target.client,
-            &target.prefix,
-            Arc::clone(&clock),
-            target.timeout,
-        )?),
+        BackendKind::Redis(target) => {
+            let backend = RedisBackend::new(
+                target.client,
+                &target.prefix,
+                Arc::clone(&clock),
+                target.timeout,
+            )?;
+            reachable(&backend, target.connect_timeout).await?;
+            Backend::Redis(backend)
+        }
     };
     Storage::start(backend, clock, config).await
+}
+
+/// Waits for Redis at start, retrying with backoff (100 ms doubling to 2 s) until `patience` is
+/// spent: replicas and Redis often start together. The last error is the answer.
+async fn reachable(backend: &RedisBackend, patience: Duration) -> Result<(), StorageError> {
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match backend.totals().await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + pause >= give_up => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, retry_in = ?pause, "waiting for Redis");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// A periodic tick that first fires one period from now (not at once: nothing is due at start),

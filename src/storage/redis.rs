@@ -26,6 +26,8 @@ use super::backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend
 use super::StorageError;
 use crate::clock::{unix_millis, Clock};
 use crate::domain::Prediction;
+use crate::metrics::STORAGE_UP;
+use crate::outage::Health;
 
 /// Adds a batch if its sequence number is new for this replica. KEYS: seq, rows, top, totals.
 /// ARGV: seq, totals ("" if none), then URL, "count min max sum" pairs.
@@ -101,6 +103,7 @@ pub struct RedisBackend {
     apply: Script,
     top: Script,
     release: Script,
+    health: Health,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -144,6 +147,7 @@ impl RedisBackend {
             apply: Script::new(APPLY),
             top: Script::new(TOP),
             release: Script::new(RELEASE),
+            health: Health::new("redis (results, leases, statistics)", Some(STORAGE_UP)),
         })
     }
 
@@ -161,13 +165,18 @@ impl RedisBackend {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, call(self.conn.clone())).await {
+        let result = match tokio::time::timeout(self.timeout, call(self.conn.clone())).await {
             Ok(result) => result.map_err(redis_error),
             Err(_) => Err(StorageError::Redis(format!(
                 "no answer within {:?}",
                 self.timeout
             ))),
+        };
+        match &result {
+            Ok(_) => self.health.up(),
+            Err(e) => self.health.failed(e),
         }
+        result
     }
 }
 

@@ -101,11 +101,19 @@ async fn an_unreachable_redis_stops_the_start_with_a_clear_message() {
         .unwrap()
         .port();
     let url = format!("redis://user:hunter2@127.0.0.1:{port}/");
-    let settings = test_settings(data_dir.path(), &["--redis-url", &url]);
+    let args = ["--redis-url", &url, "--redis-connect-timeout", "1s"];
+    let settings = test_settings(data_dir.path(), &args);
+    let started = std::time::Instant::now();
     let error = classifier_api::startup::Application::build(settings)
         .await
         .err()
         .expect("refused");
+    // It retried for about the second it was given, not forever.
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(700),
+        "{waited:?}"
+    );
     let message = format!("{error:#}");
     assert!(
         message.contains("Redis at redis://user:redacted@127.0.0.1"),
@@ -142,4 +150,27 @@ async fn replicas_on_one_redis_enforce_one_rate_limit_and_limit_alone_without_it
 
 async fn statuses(app: &TestApp) -> u16 {
     app.classify_fixture("/images/cat.bmp").await.0.as_u16()
+}
+
+/// Replicas often start with Redis: start-up waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_redis_that_comes_up_late() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let late = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        RedisServer::start_on(port)
+    });
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let settings = test_settings(data_dir.path(), &["--redis-url", &url]);
+    let app = start_app(settings, FixtureServer::start().await, data_dir).await;
+    let _redis = late.await.unwrap();
+    assert_eq!(
+        app.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
 }
