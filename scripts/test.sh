@@ -16,7 +16,7 @@ source "$root/scripts/lib/stage.sh"
 total=$SECONDS
 stage "setup (libtensorflow, assets)" ./scripts/setup.sh
 stage "test servers (osmem-server)" ./scripts/install-osmem.sh
-stage "test servers (redis-server)" ./scripts/install-test-services.sh
+stage "test servers (redis-server, haproxy)" ./scripts/install-test-services.sh
 # tests/model_import.rs (part of cargo test) imports Keras files with it; it fails without it.
 stage "keras venv (tensorflow-cpu wheel)" ./scripts/install-keras-venv.sh
 stage "cargo fmt --check" cargo fmt --all -- --check
@@ -24,6 +24,7 @@ stage "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warni
 stage "cargo test" cargo test --locked --all-targets
 stage "OpenAPI conformance (schemathesis)" ./scripts/api-conformance.sh
 stage "browser tests (Chromium)" ./scripts/browser-test.sh
+stage "scale-out (3 replicas, Redis, HAProxy)" ./scripts/scale-out-test.sh
 if [[ -z "${SKIP_PACKAGING:-}" ]]; then
   stage "docker image (podman build + run)" ./scripts/docker-test.sh
   binary_dir="$(mktemp -d)"
