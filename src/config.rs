@@ -9,6 +9,7 @@ use crate::auth::{load_or_create_root_key, KeyPair};
 use crate::classify::image::ResizeFilter;
 use crate::client::TrustedProxies;
 use crate::ratelimit::{RateLimitConfig, RateSetting};
+use crate::redis_conn::RedisSpec;
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
 #[derive(Clone)]
@@ -72,10 +73,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// `--redis-url`, checked and opened at parse time; `Debug` hides the password.
+/// `--redis-url`: one URL, or with `--redis-cluster` a comma-separated list of seed nodes,
+/// each checked at parse time. `Debug` shows them with the password replaced.
 #[derive(Clone)]
 pub struct RedisUrl {
-    pub client: redis::Client,
+    urls: Vec<String>,
     redacted: String,
 }
 
@@ -85,22 +87,48 @@ impl std::fmt::Debug for RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// Where to connect: one server, or (`cluster`) the cluster these nodes belong to.
+    pub fn spec(&self, cluster: bool) -> Result<RedisSpec, String> {
+        match (cluster, self.urls.as_slice()) {
+            (true, nodes) => Ok(RedisSpec::Cluster(nodes.to_vec())),
+            (false, [one]) => Ok(RedisSpec::Single(one.clone())),
+            (false, _) => {
+                Err("several Redis URLs name a cluster's nodes: add --redis-cluster".into())
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for RedisUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut url = url::Url::parse(s)
-            .map_err(|e| format!("not a URL ({e}); e.g. redis://127.0.0.1:6379/0"))?;
-        if !matches!(url.scheme(), "redis" | "rediss") {
-            return Err("the scheme must be redis:// or rediss:// (TLS)".into());
+        let mut redacted = Vec::new();
+        let urls: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        for text in &urls {
+            let mut url = url::Url::parse(text)
+                .map_err(|e| format!("not a URL ({e}); e.g. redis://127.0.0.1:6379/0"))?;
+            if !matches!(url.scheme(), "redis" | "rediss") {
+                return Err("the scheme must be redis:// or rediss:// (TLS)".into());
+            }
+            redis::Client::open(text.as_str()).map_err(|e| format!("not a Redis URL: {e}"))?;
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            redacted.push(url.to_string());
         }
-        let client = redis::Client::open(s).map_err(|e| format!("not a Redis URL: {e}"))?;
-        if url.password().is_some() {
-            let _ = url.set_password(Some("redacted"));
+        if urls.is_empty() {
+            return Err("no URL given".into());
         }
         Ok(Self {
-            client,
-            redacted: url.to_string(),
+            urls,
+            redacted: redacted.join(","),
         })
     }
 }
@@ -254,12 +282,17 @@ pub struct Settings {
     #[arg(long, env = "CLASSIFIER_RATE_LIMIT_USER_COLD", global = true)]
     pub rate_limit_user_cold: Option<RateSetting>,
 
-    /// Share results, single flight and statistics (so `/report`) with every replica on this
-    /// Redis: `redis://[user:pass@]host:port/db` or `rediss://` (TLS). Unset: all of it stays in
+    /// Share results, single flight, statistics (so `/report`) and rate limits with every
+    /// replica on this Redis: `redis://[user:pass@]host:port/db` or `rediss://` (TLS). Unset: all of it stays in
     /// the data dir. Users, tokens, history and the Elasticsearch outbox stay per replica in this
     /// build. The password is redacted in logs.
     #[arg(long, env = "CLASSIFIER_REDIS_URL", global = true)]
     pub redis_url: Option<RedisUrl>,
+
+    /// `--redis-url` names seed nodes of a Redis Cluster (a comma-separated list is allowed).
+    /// Keys a script touches together share a hash tag, so they live on one node.
+    #[arg(long, env = "CLASSIFIER_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(
@@ -562,9 +595,22 @@ mod tests {
         );
         let tls: RedisUrl = "rediss://cache.internal/".parse().unwrap();
         assert_eq!(format!("{tls:?}"), "rediss://cache.internal/");
-        for bad in ["cache.internal:6379", "http://cache.internal/", "redis://"] {
+        for bad in [
+            "cache.internal:6379",
+            "http://cache.internal/",
+            "redis://",
+            "",
+        ] {
             assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
         }
+        let nodes: RedisUrl = "redis://a:7000, redis://:pw@b:7001".parse().unwrap();
+        assert_eq!(
+            format!("{nodes:?}"),
+            "redis://a:7000,redis://:redacted@b:7001"
+        );
+        assert!(nodes.spec(false).is_err());
+        assert!(matches!(nodes.spec(true), Ok(RedisSpec::Cluster(n)) if n.len() == 2));
+        assert!(matches!(url.spec(false), Ok(RedisSpec::Single(_))));
     }
 
     fn only(list: &[&str]) -> CorsOrigins {

@@ -20,6 +20,7 @@
 //! - `storage`: results (memory tier over a backend) and request statistics (batched), behind the
 //!   `CacheStore`/`StatsStore` seam; backends: redb (default) and in-memory.
 //! - `auth`: users (argon2id) and biscuit tokens for `/token` and `/secret`.
+//! - `redis_conn`: the one Redis connection (a server, or a Cluster) storage and rate limits share.
 //! - `ratelimit`: per-client budgets (all requests, cache misses) on `governor`'s buckets;
 //!   `client`: who the client is (the peer, or behind `--trusted-proxies` what they forwarded).
 //! - `elastic`: one Elasticsearch document per `/report`, through a persistent outbox.
@@ -48,6 +49,7 @@ pub mod localdb;
 mod metrics;
 mod outage;
 pub mod ratelimit;
+mod redis_conn;
 mod report;
 pub mod rss;
 mod shutdown;

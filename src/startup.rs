@@ -24,6 +24,7 @@ use crate::history::History;
 use crate::http::{ModelInfo, Ops, OpsGate, Services};
 use crate::localdb::LocalDb;
 use crate::ratelimit::{RateLimits, SharedBuckets};
+use crate::redis_conn::RedisConn;
 use crate::report::ReportService;
 use crate::storage::{BackendKind, RedisTarget, Storage, StorageConfig};
 
@@ -61,22 +62,19 @@ impl Application {
             .await
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let identity = model_identity(&settings).await?;
-        let kind = match &settings.redis_url {
-            Some(url) => BackendKind::Redis(Box::new(RedisTarget {
-                client: url.client.clone(),
+        let redis = connect_redis(&settings).await?;
+        let kind = match &redis {
+            Some(conn) => BackendKind::Redis(Box::new(RedisTarget {
+                conn: conn.clone(),
                 prefix: settings.redis_prefix.clone(),
                 timeout: settings.redis_timeout.into(),
-                connect_timeout: settings.redis_connect_timeout.into(),
             })),
             None => BackendKind::Redb(db.clone()),
         };
         let storage =
             crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
                 .await
-                .with_context(|| match &settings.redis_url {
-                    Some(url) => format!("starting the storage layer on Redis at {url:?}"),
-                    None => "starting the storage layer".to_owned(),
-                })?;
+                .context("starting the storage layer")?;
         let auth = build_auth(&settings, db.clone(), clock.clone())?;
         let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
@@ -108,7 +106,7 @@ impl Application {
             ops_gate,
             cors: settings.cors_origins.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
-            rate_limits: build_rate_limits(&settings)?,
+            rate_limits: build_rate_limits(&settings, redis),
         };
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -181,18 +179,14 @@ impl Application {
 /// The per-client limits, and the sweep that drops refilled buckets (memory follows the
 /// clients of the last few seconds, not every client ever seen).
 /// With `--redis-url` the buckets are shared there; this process's stay as the fallback.
-fn build_rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {
+fn build_rate_limits(settings: &Settings, redis: Option<RedisConn>) -> RateLimits {
     let mut limits = RateLimits::new(settings.rate_limits());
     if !limits.enabled() {
-        return Ok(limits);
+        return limits;
     }
-    if let Some(url) = &settings.redis_url {
-        let shared = SharedBuckets::new(
-            url.client.clone(),
-            &settings.redis_prefix,
-            settings.redis_timeout.into(),
-        )
-        .with_context(|| format!("rate-limit buckets on Redis at {url:?}"))?;
+    if let Some(conn) = redis {
+        let shared =
+            SharedBuckets::new(conn, &settings.redis_prefix, settings.redis_timeout.into());
         limits = limits.shared(shared);
     }
     // The task ends with the runtime.
@@ -202,7 +196,27 @@ fn build_rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {
         shared = settings.redis_url.is_some(),
         "rate limits on"
     );
-    Ok(limits)
+    limits
+}
+
+/// With `--redis-url`: the one connection storage and rate limits share, once Redis answers
+/// (start-up waits up to `--redis-connect-timeout` for it).
+async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<RedisConn>> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let spec = url
+        .spec(settings.redis_cluster)
+        .map_err(anyhow::Error::msg)
+        .context("--redis-url")?;
+    let conn = RedisConn::open_patiently(
+        &spec,
+        settings.redis_timeout.into(),
+        settings.redis_connect_timeout.into(),
+    )
+    .await
+    .with_context(|| format!("connecting to Redis at {url:?}"))?;
+    Ok(Some(conn))
 }
 
 /// The Prometheus recorder (`None` with `--disable-metrics`), with the model's info gauge set.

@@ -386,6 +386,7 @@ pub fn standing_header(standings: &[Standing]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis_conn::RedisConn;
     use governor::clock::FakeRelativeClock;
     use std::net::IpAddr;
 
@@ -544,8 +545,8 @@ mod tests {
     async fn shared_buckets_are_one_budget_and_fall_back_to_local_ones() {
         let mut redis = crate::storage::redis_server::RedisServer::start();
         let replica = |redis: &crate::storage::redis_server::RedisServer| {
-            let shared =
-                SharedBuckets::new(redis.client(), "p", Duration::from_millis(300)).unwrap();
+            let conn = RedisConn::single(redis.client(), Duration::from_millis(300)).unwrap();
+            let shared = SharedBuckets::new(conn, "p", Duration::from_millis(300));
             RateLimits::new(RateLimitConfig {
                 all: rate("2/min"),
                 ..Default::default()

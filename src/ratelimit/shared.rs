@@ -4,12 +4,12 @@
 //! buckets ([`super::RateLimits::take`]).
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{Budget, Client, Rate, Refused, Standing};
 use crate::client::AddrKey;
 use crate::outage::Health;
+use crate::redis_conn::RedisConn;
 
 /// KEYS: the bucket. ARGV: emission interval (µs, may be fractional), burst. Returns
 /// {1, remaining, µs until full} or {0, 0, µs until the next request may pass}.
@@ -29,7 +29,7 @@ return { 1, math.floor((now + tolerance + interval - new_tat) / interval), math.
 "#;
 
 pub struct SharedBuckets {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     timeout: Duration,
     script: Script,
@@ -37,17 +37,14 @@ pub struct SharedBuckets {
 }
 
 impl SharedBuckets {
-    pub fn new(client: redis::Client, prefix: &str, timeout: Duration) -> redis::RedisResult<Self> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+    pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> Self {
+        Self {
+            conn,
             prefix: prefix.to_owned(),
             timeout,
             script: Script::new(GCRA),
             health: Health::new("redis (rate limits: per replica until it is back)", None),
-        })
+        }
     }
 
     fn key(&self, budget: Budget, client: &Client) -> String {

@@ -17,6 +17,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::clock::Clock;
 use crate::localdb::{DbError, LocalDb};
+use crate::redis_conn::RedisConn;
 
 mod agg;
 mod backend;
@@ -123,11 +124,9 @@ pub enum BackendKind {
 
 /// Where the Redis backend connects, and how long a command may take.
 pub struct RedisTarget {
-    pub client: ::redis::Client,
+    pub conn: RedisConn,
     pub prefix: String,
     pub timeout: Duration,
-    /// How long start-up keeps trying to reach Redis before it gives up.
-    pub connect_timeout: Duration,
 }
 
 /// Starts the storage layer on the chosen backend.
@@ -139,36 +138,14 @@ pub async fn open(
     let backend = match kind {
         BackendKind::Redb(db) => Backend::Redb(RedbBackend::new(db, Arc::clone(&clock))),
         BackendKind::Memory => Backend::Memory(MemoryBackend::new()),
-        BackendKind::Redis(target) => {
-            let backend = RedisBackend::new(
-                target.client,
-                &target.prefix,
-                Arc::clone(&clock),
-                target.timeout,
-            )?;
-            reachable(&backend, target.connect_timeout).await?;
-            Backend::Redis(backend)
-        }
+        BackendKind::Redis(target) => Backend::Redis(RedisBackend::new(
+            target.conn,
+            &target.prefix,
+            Arc::clone(&clock),
+            target.timeout,
+        )),
     };
     Storage::start(backend, clock, config).await
-}
-
-/// Waits for Redis at start, retrying with backoff (100 ms doubling to 2 s) until `patience` is
-/// spent: replicas and Redis often start together. The last error is the answer.
-async fn reachable(backend: &RedisBackend, patience: Duration) -> Result<(), StorageError> {
-    let give_up = tokio::time::Instant::now() + patience;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match backend.totals().await {
-            Ok(_) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() + pause >= give_up => return Err(e),
-            Err(e) => {
-                tracing::info!(error = %e, retry_in = ?pause, "waiting for Redis");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
 }
 
 /// A periodic tick that first fires one period from now (not at once: nothing is due at start),

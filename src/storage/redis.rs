@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +27,7 @@ use crate::clock::{unix_millis, Clock};
 use crate::domain::Prediction;
 use crate::metrics::STORAGE_UP;
 use crate::outage::Health;
+use crate::redis_conn::RedisConn;
 
 /// Adds a batch if its sequence number is new for this replica. KEYS: seq, rows, top, totals.
 /// ARGV: seq, totals ("" if none), then URL, "count min max sum" pairs.
@@ -93,7 +93,7 @@ struct Stored {
 }
 
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// This process's name in the batch counters.
     replica: String,
@@ -120,23 +120,13 @@ fn redis_error(e: redis::RedisError) -> StorageError {
 }
 
 impl RedisBackend {
-    /// Connects on first use and reconnects by itself (`ConnectionManager`); every command
-    /// gives up after `timeout`.
-    pub fn new(
-        client: redis::Client,
-        prefix: &str,
-        clock: Arc<dyn Clock>,
-        timeout: Duration,
-    ) -> Result<Self, StorageError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(redis_error)?;
+    /// On `conn` (which reconnects by itself); every command gives up after `timeout`.
+    pub fn new(conn: RedisConn, prefix: &str, clock: Arc<dyn Clock>, timeout: Duration) -> Self {
         // Unique per backend, not only per process (tests run several replicas in one).
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let seed = crate::clock::process_seed();
-        Ok(Self {
+        Self {
             conn,
             prefix: prefix.to_owned(),
             replica: format!("{seed:016x}-{instance}"),
@@ -148,7 +138,7 @@ impl RedisBackend {
             top: Script::new(TOP),
             release: Script::new(RELEASE),
             health: Health::new("redis (results, leases, statistics)", Some(STORAGE_UP)),
-        })
+        }
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -161,7 +151,7 @@ impl RedisBackend {
 
     /// Runs a command or script with the per-command timeout (the connection's own covers the
     /// reply; this also covers a reconnect in progress).
-    async fn run<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> Result<T, StorageError>
+    async fn run<T, F>(&self, call: impl FnOnce(RedisConn) -> F) -> Result<T, StorageError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {

@@ -15,17 +15,18 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     /// On a given port: "Redis comes back" where the clients already point.
     pub fn start_on(port: u16) -> RedisServer {
+        Self::spawn(port, &[])
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -66,6 +67,13 @@ impl RedisServer {
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("a valid URL")
     }
+
+    /// A connection as the service makes it (5 s per command: tests are not about timeouts).
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> crate::redis_conn::RedisConn {
+        crate::redis_conn::RedisConn::single(self.client(), Duration::from_secs(5))
+            .expect("a valid URL")
+    }
 }
 
 impl Drop for RedisServer {
@@ -88,4 +96,71 @@ pub fn unique_prefix() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("test{}-{n}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A Redis Cluster of three masters (no replicas), made with `redis-cli --cluster create`, its
+/// node files in a temp dir. Stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("a UTF-8 temp path"),
+                    "--dir",
+                    dir.path().to_str().expect("a UTF-8 temp path"),
+                ];
+                RedisServer::spawn(port, &args)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ok = |port: u16| {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        };
+        while !nodes.iter().all(|n| ok(n.port)) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    /// The seed nodes, as `--redis-url` takes them with `--redis-cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
 }

@@ -15,6 +15,7 @@ use super::*;
 use crate::clock::{ManualClock, SystemClock};
 use crate::domain::{Classification, ImageUrl, Prediction, Subject};
 use crate::localdb::schema::{CACHE, CACHE_EXPIRY, URL_STATS, URL_STATS_BY_COUNT};
+use crate::redis_conn::RedisConn;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// A flush interval long enough that nothing is applied unless a test asks for it.
@@ -35,8 +36,8 @@ fn on_redis(_: &Path, clock: Arc<dyn Clock>) -> RedisBackend {
 }
 
 fn on_redis_prefix(prefix: &str, clock: Arc<dyn Clock>) -> RedisBackend {
-    let client = redis_server::shared().client();
-    RedisBackend::new(client, prefix, clock, Duration::from_secs(5)).unwrap()
+    let conn = redis_server::shared().conn();
+    RedisBackend::new(conn, prefix, clock, Duration::from_secs(5))
 }
 
 fn url(s: &str) -> Subject {
@@ -891,7 +892,8 @@ async fn redis_replicas_share_results_leases_and_statistics() {
 async fn redis_down_is_an_error_then_it_recovers() {
     let mut server = redis_server::RedisServer::start();
     let port = server.port;
-    let backend = RedisBackend::new(server.client(), "p", Arc::new(SystemClock), ms(300)).unwrap();
+    let conn = RedisConn::single(server.client(), ms(300)).unwrap();
+    let backend = RedisBackend::new(conn, "p", Arc::new(SystemClock), ms(300));
     assert_eq!(backend.get("k").await.unwrap(), None);
     drop(server);
     let started = std::time::Instant::now();
@@ -915,4 +917,53 @@ async fn redis_down_is_an_error_then_it_recovers() {
     }
     assert!(back, "reconnected");
     drop(server);
+}
+
+/// A Redis Cluster is one store too: single-key commands go to their slot's node, and the
+/// statistics scripts' keys share one hash tag, so each script runs on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_replicas_share_results_leases_and_statistics() {
+    let cluster = redis_server::RedisCluster::start();
+    let spec = crate::redis_conn::RedisSpec::Cluster(cluster.urls());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let conn = RedisConn::open(&spec, Duration::from_secs(5))
+            .await
+            .unwrap();
+        replicas.push(RedisBackend::new(
+            conn,
+            "c",
+            Arc::clone(&clock),
+            Duration::from_secs(5),
+        ));
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let entry = CachedResult {
+        label: "tabby".into(),
+        confidence: 0.5,
+        runners_up: Arc::from([]),
+        expires_at_ms: u64::MAX / 2,
+    };
+    // Keys chosen to land on different nodes.
+    for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        a.put(key, entry.clone()).await.unwrap();
+        assert_eq!(b.get(key).await.unwrap(), Some(entry.clone()));
+        let lease = a.try_lease(key, HOUR).await.unwrap().expect("free");
+        assert_eq!(b.try_lease(key, HOUR).await.unwrap(), None);
+        a.release(lease).await.unwrap();
+    }
+    let mut batch = StatsBatch::default();
+    batch.record("http://x/1", 0.5);
+    batch.record("http://x/2", 0.25);
+    let batch = Arc::new(batch);
+    a.apply(1, Arc::clone(&batch)).await.unwrap();
+    b.apply(1, batch).await.unwrap();
+    let snap = b.top(10, vec!["http://x/2".into()]).await.unwrap();
+    assert_eq!(snap.top.len(), 2);
+    assert_eq!(
+        (snap.top[0].1.count, snap.named["http://x/2"].count),
+        (2, 2)
+    );
+    assert_eq!(a.totals().await.unwrap().0.count, 4);
 }
