@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Three replicas on one Redis behind HAProxy (scripts/scale_out_test.py says what is checked):
+# Three replicas on one Redis behind HAProxy, then on a Redis Cluster (scripts/scale_out_test.py
+# says what is checked):
 # installs what is missing (redis-server, haproxy, libtensorflow and assets), builds the debug
 # binary as cargo test builds it, and runs the checks. Idempotent; part of scripts/test.sh.
 set -euo pipefail
@@ -14,4 +15,7 @@ stage "setup (libtensorflow, assets)" ./scripts/setup.sh
 stage "cargo build (debug binary)" cargo test --locked --no-run --test api
 bin="${CARGO_TARGET_DIR:-target}/debug/classifier-api"
 [[ $bin == /* ]] || bin="$root/$bin"
-stage "3 replicas, 1 Redis, HAProxy" python3 scripts/scale_out_test.py "$bin" "$root/fixtures/shared/images"
+images="$root/fixtures/shared/images"
+stage "3 replicas, 1 Redis, HAProxy" python3 scripts/scale_out_test.py "$bin" "$images"
+stage "3 replicas, a 3-master Redis Cluster, HAProxy" \
+  python3 scripts/scale_out_test.py "$bin" "$images" cluster
