@@ -63,14 +63,7 @@ impl Application {
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let identity = model_identity(&settings).await?;
         let redis = connect_redis(&settings).await?;
-        let kind = match &redis {
-            Some(conn) => BackendKind::Redis(Box::new(RedisTarget {
-                conn: conn.clone(),
-                prefix: settings.redis_prefix.clone(),
-                timeout: settings.redis_timeout.into(),
-            })),
-            None => BackendKind::Redb(db.clone()),
-        };
+        let kind = storage_kind(&settings, redis.as_ref(), &db);
         let storage =
             crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
                 .await
@@ -88,10 +81,7 @@ impl Application {
             settings.max_concurrent_requests,
         );
         let metrics = install_metrics(&settings, &identity);
-        let ops_gate = match settings.ops_auth {
-            OpsAuth::None => OpsGate::open(),
-            OpsAuth::Token => OpsGate::token(auth.clone()),
-        };
+        let ops_gate = ops_gate(&settings, &auth);
         let services = Services {
             classify,
             model,
@@ -197,6 +187,26 @@ fn build_rate_limits(settings: &Settings, redis: Option<RedisConn>) -> RateLimit
         "rate limits on"
     );
     limits
+}
+
+/// Redis when `--redis-url` named one (and it answered), else this replica's redb file.
+fn storage_kind(settings: &Settings, redis: Option<&RedisConn>, db: &LocalDb) -> BackendKind {
+    match redis {
+        Some(conn) => BackendKind::Redis(Box::new(RedisTarget {
+            conn: conn.clone(),
+            prefix: settings.redis_prefix.clone(),
+            timeout: settings.redis_timeout.into(),
+        })),
+        None => BackendKind::Redb(db.clone()),
+    }
+}
+
+/// Who may read the operator endpoints (`--ops-auth`).
+fn ops_gate(settings: &Settings, auth: &Auth) -> OpsGate {
+    match settings.ops_auth {
+        OpsAuth::None => OpsGate::open(),
+        OpsAuth::Token => OpsGate::token(auth.clone()),
+    }
 }
 
 /// With `--redis-url`: the one connection storage and rate limits share, once Redis answers

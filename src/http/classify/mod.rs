@@ -128,14 +128,7 @@ async fn handle(
         )
         .await?;
         body_read = true;
-        let top_k = match (request.top_k, query_top_k) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::InvalidRequest(
-                    "top_k given both in the body and in the query".into(),
-                ))
-            }
-            (body, query) => body.or(query),
-        };
+        let top_k = one_top_k(request.top_k, query_top_k)?;
         let cold = metered.check_cold();
         let answer = classify(&service, &admitted, request.input, arrived, cold).await?;
         Ok((answer, top_k))
@@ -147,22 +140,24 @@ async fn handle(
             answer.processing_time,
             top_k,
         )),
-        Err(e) => {
-            let mut response = error_response(&e);
-            if !body_read {
-                // Refused before its body was read to the end (too large, wrong type, a bad
-                // part, no admission): what is left of the body would be taken for the next
-                // request, so hyper drops the connection after this answer. Saying so keeps a
-                // client from sending its next request on it (it would fail as an incomplete
-                // message, as a test's pooled client once did).
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
+        Err(e) => refusal(&e, body_read),
     };
     metered.annotate(&mut response);
+    response
+}
+
+/// The error's answer. Refused before its body was read to the end (too large, wrong type, a
+/// bad part, no admission, over a rate limit), what is left of the body would be taken for the
+/// next request, so hyper drops the connection after this answer. Saying so keeps a client from
+/// sending its next request on it (it would fail as an incomplete message, as a test's pooled
+/// client once did).
+fn refusal(error: &ApiError, body_read: bool) -> Response {
+    let mut response = error_response(error);
+    if !body_read {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -240,6 +235,16 @@ fn parse_length(header: Option<&str>) -> Result<Option<u64>, ApiError> {
             })
         })
         .transpose()
+}
+
+/// `top_k` from the body or the query, not both.
+fn one_top_k(body: Option<TopK>, query: Option<TopK>) -> Result<Option<TopK>, ApiError> {
+    match (body, query) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+            "top_k given both in the body and in the query".into(),
+        )),
+        (body, query) => Ok(body.or(query)),
+    }
 }
 
 /// `?top_k=N` (for multipart and raw bodies, which have no JSON field for it).
