@@ -36,6 +36,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000, which must exist) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                pass
+
+
 def start(args, **kw):
     p = subprocess.Popen(args, **kw)
     procs.append(p)
@@ -87,7 +101,7 @@ def redis_server(port, *extra):
 
 
 if CLUSTER:
-    ports = [free_port() for _ in range(3)]
+    ports = [free_cluster_port() for _ in range(3)]
     redis_nodes = [redis_server(p, "--cluster-enabled", "yes", "--cluster-config-file",
                                 os.path.join(work, f"nodes-{p}.conf")) for p in ports]
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],

@@ -105,6 +105,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose cluster bus port (port + 10000, which must be a valid port) is free too:
+/// a node on a port above 55535 cannot start.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A Redis Cluster of three masters (no replicas), made with `redis-cli --cluster create`, its
 /// node files in a temp dir. Stopped on drop.
 pub struct RedisCluster {
@@ -117,7 +128,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("a temp dir");
         let nodes: Vec<RedisServer> = (0..3)
             .map(|i| {
-                let port = free_port();
+                let port = free_cluster_port();
                 let conf = dir.path().join(format!("nodes-{i}.conf"));
                 let args = [
                     "--cluster-enabled",
