@@ -10,6 +10,7 @@ Checks, each printed as it passes:
      once Redis continues (SIGCONT) the counts include the requests of the outage.
 Users and tokens are not shared through Redis yet, so that check of the issue is not here.
 """
+import atexit
 import concurrent.futures
 import http.server
 import json
@@ -54,6 +55,22 @@ def start(args, **kw):
     p = subprocess.Popen(args, **kw)
     procs.append(p)
     return p
+
+
+def stop_all():
+    """Every server started, also when start-up itself failed (sys.exit before the checks)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)  # a stopped Redis must be able to take SIGTERM
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+atexit.register(stop_all)
 
 
 def wait_port(port, what, timeout=60):
@@ -241,14 +258,5 @@ try:
           f"Redis back: the outage's 20 requests are counted ({before} -> {counted})")
     print("scale-out: all checks passed")
 finally:
-    for p in procs:
-        if p.poll() is None:
-            if p in redis_nodes:
-                p.send_signal(signal.SIGCONT)
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_all()
     images.shutdown()

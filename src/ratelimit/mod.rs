@@ -255,6 +255,36 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     inner: Arc<[Option<Limiter<C>>; 2]>,
     /// With `--redis-url`: the buckets every replica shares (these are then the fallback).
     shared: Option<Arc<SharedBuckets>>,
+    /// The `RateLimit-Policy` value for addresses and for users.
+    policies: Arc<[Option<String>; 2]>,
+}
+
+fn policy_index(client: &Client) -> usize {
+    match client {
+        Client::Addr(_) => 0,
+        Client::User(_) => 1,
+    }
+}
+
+/// The `RateLimit-Policy` value of `limiters` for clients like `client`.
+fn policy<C: Clock + Clone>(limiters: &[Option<Limiter<C>>], client: &Client) -> Option<String> {
+    let mut out = String::new();
+    for limiter in limiters.iter().flatten() {
+        let Some(rate) = limiter.rate_for(client) else {
+            continue;
+        };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        let _ = write!(
+            out,
+            "\"{}\";q={};w={}",
+            limiter.budget.name(),
+            rate.count,
+            rate.per.as_secs()
+        );
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 impl RateLimits<DefaultClock> {
@@ -269,12 +299,18 @@ impl<C: Clock + Clone> RateLimits<C> {
             let user = user.unwrap_or_else(|| addr.map(|r| r.times(USER_FACTOR)));
             Limiter::new(budget, addr, user, clock)
         };
+        let limiters = [
+            limiter(Budget::All, config.all, config.user_all),
+            limiter(Budget::Cold, config.cold, config.user_cold),
+        ];
+        let policies = [
+            policy(&limiters, &Client::Addr(AddrKey::V4(0))),
+            policy(&limiters, &Client::User(Arc::from(""))),
+        ];
         Self {
-            inner: Arc::new([
-                limiter(Budget::All, config.all, config.user_all),
-                limiter(Budget::Cold, config.cold, config.user_cold),
-            ]),
+            inner: Arc::new(limiters),
             shared: None,
+            policies: Arc::new(policies),
         }
     }
 
@@ -326,24 +362,9 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// `RateLimit-Policy`: every configured budget for this kind of client, as
     /// `"all";q=600;w=60` (q requests per w seconds), per draft-ietf-httpapi-ratelimit-headers.
-    pub fn policy_header(&self, client: &Client) -> Option<String> {
-        let mut out = String::new();
-        for limiter in self.inner.iter().flatten() {
-            let Some(rate) = limiter.rate_for(client) else {
-                continue;
-            };
-            if !out.is_empty() {
-                out.push_str(", ");
-            }
-            let _ = write!(
-                out,
-                "\"{}\";q={};w={}",
-                limiter.budget.name(),
-                rate.count,
-                rate.per.as_secs()
-            );
-        }
-        (!out.is_empty()).then_some(out)
+    /// Made once, at construction: it depends on the settings alone.
+    pub fn policy_header(&self, client: &Client) -> Option<&str> {
+        self.policies[policy_index(client)].as_deref()
     }
 }
 
@@ -517,10 +538,7 @@ mod tests {
             user_all: Some(rate("2/min")),
             ..Default::default()
         });
-        assert_eq!(
-            explicit.policy_header(&alice).as_deref(),
-            Some("\"all\";q=2;w=60")
-        );
+        assert_eq!(explicit.policy_header(&alice), Some("\"all\";q=2;w=60"));
     }
 
     #[test]
@@ -605,7 +623,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            limits.policy_header(&addr("198.51.100.1")).as_deref(),
+            limits.policy_header(&addr("198.51.100.1")),
             Some("\"all\";q=600;w=60, \"cold\";q=30;w=60")
         );
         let s = limits

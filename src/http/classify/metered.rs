@@ -80,11 +80,12 @@ impl<'a> Metered<'a> {
         let Some(client) = &self.client else { return };
         let headers = response.headers_mut();
         let standings: Vec<Standing> = self.all.iter().chain(self.cold.get()).copied().collect();
+        let standing = standing_header(&standings);
         for (name, value) in [
             ("ratelimit-policy", self.limits.policy_header(client)),
-            ("ratelimit", standing_header(&standings)),
+            ("ratelimit", standing.as_deref()),
         ] {
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert(name, value);
             }
         }
