@@ -5,10 +5,11 @@ once on one Redis and once (third argument `cluster`) on a Redis Cluster of thre
 Checks, each printed as it passes:
   1. 30 concurrent requests for one new URL through the balancer: all 200, one download;
   2. /report byte-identical on every replica, count 30;
-  3. a replica killed with SIGKILL under load: the balancer's other replicas keep answering;
-  4. Redis stopped (SIGSTOP) for 5 s under load: classify keeps answering 200, /report 503, and
+  3. a user added by the CLI while the replicas run; a token from one replica (through the
+     balancer) works on every replica; `token revoke` (the CLI) -> 401 on every replica;
+  4. a replica killed with SIGKILL under load: the balancer's other replicas keep answering;
+  5. Redis stopped (SIGSTOP) for 5 s under load: classify keeps answering 200, /report 503, and
      once Redis continues (SIGCONT) the counts include the requests of the outage.
-Users and tokens are not shared through Redis yet, so that check of the issue is not here.
 """
 import atexit
 import concurrent.futures
@@ -196,6 +197,36 @@ def report(port):
     return call("GET", f"http://127.0.0.1:{port}/report")
 
 
+def admin(*args, stdin=""):
+    """The admin CLI on the replicas' Redis, as an operator runs it while they serve."""
+    out = subprocess.run([BIN, *args, "--data-dir", os.path.join(work, "admin"), *redis_args],
+                         input=stdin.encode(), capture_output=True)
+    check(out.returncode == 0, f"{' '.join(args)}: {out.stderr.decode()[-300:]}")
+
+
+def secret(port, token):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/secret",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def check_tokens():
+    admin("user", "add", "alice", "--password-stdin", stdin="pw-alice")
+    status, body = call("POST", f"http://127.0.0.1:{lb_port}/token",
+                        {"username": "alice", "password": "pw-alice"})
+    check(status == 200, f"a login through the balancer ({status})")
+    token = json.loads(body)["token"]
+    statuses = [secret(port, token) for _, port in replicas]
+    check(statuses == [200] * 3, f"the token works on every replica ({statuses})")
+    admin("token", "revoke", token)
+    statuses = [secret(port, token) for _, port in replicas]
+    check(statuses == [401] * 3, f"after `token revoke`, 401 on every replica ({statuses})")
+
+
 def check(ok, what):
     if not ok:
         for i in range(3):
@@ -217,6 +248,7 @@ try:
     check(all(b == bodies[0] for b in bodies) and bodies[0][0] == 200,
           "/report byte-identical on every replica")
     check(json.loads(bodies[0][1])[0]["count"] == 30, "and it counts 30")
+    check_tokens()
 
     victim, _ = replicas[2]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::auth::{load_or_create_root_key, KeyPair};
+use crate::auth::{load_or_create_root_key, AuthStore, KeyPair};
 use crate::classify::image::ResizeFilter;
 use crate::client::TrustedProxies;
 use crate::ratelimit::{RateLimitConfig, RateSetting};
@@ -204,15 +204,31 @@ impl Settings {
         }
     }
 
-    /// The root key: `--root-key` (env) over `--root-key-file` over `<data-dir>/root_key`, created
-    /// on first use. Here because both the server and the offline `key`/`token` commands need it.
-    pub fn load_root_key(&self) -> anyhow::Result<KeyPair> {
+    /// The root key given by `--root-key` (env) or `--root-key-file`, in that order; `None` if
+    /// neither is set. Here because both the server and the offline commands need it.
+    pub fn given_root_key(&self) -> anyhow::Result<Option<KeyPair>> {
+        if self.root_key.is_none() && self.root_key_file.is_none() {
+            return Ok(None);
+        }
         load_or_create_root_key(
             &self.data_dir,
             self.root_key_file.as_deref(),
             self.root_key.as_ref().map(Secret::expose),
         )
+        .map(Some)
         .context("loading the root key")
+    }
+
+    /// The given root key, else the one `store` keeps: `<data-dir>/root_key` (created on first
+    /// use) for redb, a key stored in Redis (the first replica's) in Redis mode.
+    pub async fn root_key(&self, store: &AuthStore) -> anyhow::Result<KeyPair> {
+        if let Some(key) = self.given_root_key()? {
+            return Ok(key);
+        }
+        store
+            .stored_root_key(&self.data_dir)
+            .await
+            .context("loading the root key")
     }
 }
 

@@ -150,6 +150,11 @@ impl From<AuthError> for ApiError {
             AuthError::TooManyAttempts { .. } => {
                 Self::TooManyAttempts(e.retry_after_secs().unwrap_or(60))
             }
+            // An outage, not a bug: the auth store logs it once.
+            AuthError::Unavailable(cause) => {
+                tracing::debug!(error = %cause, "shared store unavailable");
+                Self::StorageUnavailable
+            }
             AuthError::UserExists(_)
             | AuthError::Key(_)
             | AuthError::Db(_)

@@ -39,9 +39,15 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(serve::run(settings, one_arena)),
         Command::Classify { target } => runtime.block_on(classify::run(settings, &target)),
         Command::Healthcheck => runtime.block_on(healthcheck::run(&settings)),
-        Command::User(command) => admin::user(&settings, command).map(|()| ExitCode::SUCCESS),
-        Command::Key(command) => admin::key(&settings, command).map(|()| ExitCode::SUCCESS),
-        Command::Token(command) => admin::token(&settings, command).map(|()| ExitCode::SUCCESS),
+        Command::User(command) => runtime
+            .block_on(admin::user(&settings, command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Key(command) => runtime
+            .block_on(admin::key(&settings, command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Token(command) => runtime
+            .block_on(admin::token(&settings, command))
+            .map(|()| ExitCode::SUCCESS),
     };
     // Runtime first (its tasks may still log), then the log writer's queue, then our last word.
     drop(runtime);

@@ -9,6 +9,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use crate::outage::Health;
+
 /// Where Redis is: one URL, or a cluster's seed nodes.
 #[derive(Clone)]
 pub enum RedisSpec {
@@ -114,4 +116,27 @@ impl ConnectionLike for RedisConn {
             Self::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Runs one command or script on a clone of `conn` with a deadline (the connection's own
+/// timeout covers the reply; this also covers a reconnect in progress), and tells `health` how
+/// it went, so an outage is logged once however many calls fail. The error is for logs.
+pub async fn guarded<T, F>(
+    conn: &RedisConn,
+    timeout: Duration,
+    health: &Health,
+    call: impl FnOnce(RedisConn) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = RedisResult<T>>,
+{
+    let result = match tokio::time::timeout(timeout, call(conn.clone())).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    match &result {
+        Ok(_) => health.up(),
+        Err(e) => health.failed(e),
+    }
+    result
 }

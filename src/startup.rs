@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthStore, RedisAuth};
 use crate::classify::fetch::{FetchConfig, Fetcher};
 use crate::classify::image::{DecodeLimits, PreprocessOptions};
 use crate::classify::model::{
@@ -68,7 +68,12 @@ impl Application {
             crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
                 .await
                 .context("starting the storage layer")?;
-        let auth = build_auth(&settings, db.clone(), clock.clone())?;
+        let auth = build_auth(
+            &settings,
+            auth_store(&settings, redis.as_ref(), &db),
+            clock.clone(),
+        )
+        .await?;
         let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
         let pipeline = build_pipeline(&settings).await?;
@@ -211,7 +216,7 @@ fn ops_gate(settings: &Settings, auth: &Auth) -> OpsGate {
 
 /// With `--redis-url`: the one connection storage and rate limits share, once Redis answers
 /// (start-up waits up to `--redis-connect-timeout` for it).
-async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<RedisConn>> {
+pub async fn connect_redis(settings: &Settings) -> anyhow::Result<Option<RedisConn>> {
     let Some(url) = &settings.redis_url else {
         return Ok(None);
     };
@@ -297,12 +302,29 @@ async fn model_identity(settings: &Settings) -> anyhow::Result<ModelIdentity> {
     .context("loading the model")
 }
 
-fn build_auth(settings: &Settings, db: LocalDb, clock: Arc<dyn Clock>) -> anyhow::Result<Auth> {
-    Ok(Auth::new(
-        db,
-        settings.load_root_key()?,
-        settings.token_ttl.into(),
-        clock,
+async fn build_auth(
+    settings: &Settings,
+    store: AuthStore,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Auth> {
+    let root = settings.root_key(&store).await?;
+    Ok(Auth::new(store, root, settings.token_ttl.into(), clock))
+}
+
+/// Users and tokens where the rest of the state is: Redis if `--redis-url`, else redb.
+fn auth_store(settings: &Settings, redis: Option<&RedisConn>, db: &LocalDb) -> AuthStore {
+    match redis {
+        Some(conn) => redis_auth_store(settings, conn),
+        None => AuthStore::Redb(db.clone()),
+    }
+}
+
+/// The users and tokens of the deployment on this Redis (`--redis-prefix`).
+pub fn redis_auth_store(settings: &Settings, conn: &RedisConn) -> AuthStore {
+    AuthStore::Redis(RedisAuth::new(
+        conn.clone(),
+        &settings.redis_prefix,
+        settings.redis_timeout.into(),
     ))
 }
 

@@ -1,8 +1,11 @@
-//! Authentication: users with Argon2id password hashes in redb, biscuit bearer tokens signed by
-//! an ed25519 root key, token revocation, and a per-username login throttle.
+//! Authentication: users with Argon2id password hashes, biscuit bearer tokens signed by an
+//! ed25519 root key, token revocation, and a per-username login throttle; kept in redb, or in
+//! Redis shared by every replica (`--redis-url`).
 //!
 //! Layout:
-//! - [`users`]: the user table (CLI-usable, synchronous): add / remove / list, and [`Role`].
+//! - [`store`]: [`AuthStore`], where users, revocations and failed logins live (redb or Redis),
+//!   and the steps of add / remove / list / revoke, written once for both.
+//! - [`users`]: the redb user table, password hashing and validation, and [`Role`].
 //! - [`keys`]: loading or creating the root key, rendering its public half.
 //! - [`tokens`]: issuing, checking and revoking biscuit tokens.
 //! - [`throttle`]: the in-memory failed-login limiter.
@@ -14,6 +17,7 @@
 
 pub mod keys;
 pub mod service;
+pub mod store;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
@@ -24,8 +28,8 @@ use crate::localdb::DbError;
 
 pub use keys::{load_or_create_root_key, public_key_string};
 pub use service::Auth;
-pub use tokens::revoke_token;
-pub use users::{add_user, list_users, remove_user, Role};
+pub use store::{AuthStore, RedisAuth};
+pub use users::Role;
 
 /// Re-exported so callers (CLI, server wiring) need no direct biscuit dependency for key types.
 pub use biscuit_auth::KeyPair;
@@ -63,6 +67,10 @@ pub enum AuthError {
     /// The database failed (the cause is in the message; never the user's fault).
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The shared store (Redis) failed or did not answer in time: nothing is admitted without
+    /// it (the cause, for logs).
+    #[error("the shared store is unavailable: {0}")]
+    Unavailable(String),
     /// Token building or password hashing failed: a bug or a broken environment.
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,6 +85,15 @@ impl AuthError {
             _ => None,
         }
     }
+}
+
+/// CPU-heavy work (Argon2, token crypto, key generation) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, AuthError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AuthError::Internal(format!("auth task failed: {e}")))?
 }
 
 fn ceil_secs(d: Duration) -> u64 {

@@ -1,16 +1,15 @@
-//! [`Auth`]: the async service the HTTP layer calls. All CPU- or IO-heavy work (Argon2, redb,
-//! token crypto) runs in `spawn_blocking`.
+//! [`Auth`]: the async service the HTTP layer calls. All CPU-heavy work (Argon2, token crypto)
+//! runs in `spawn_blocking`; the store is redb (on the blocking pool too) or Redis.
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use biscuit_auth::{KeyPair, PublicKey};
 
-use super::throttle::Throttle;
+use super::store::{AuthStore, LoginThrottle};
 use super::tokens::{self, IssuedToken};
-use super::{users, AuthError, Role};
+use super::{blocking, users, AuthError, Role};
 use crate::clock::Clock;
-use crate::localdb::LocalDb;
 
 /// Who a valid token is for: what [`Auth::verify`] proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +34,12 @@ pub struct Auth {
 }
 
 struct Inner {
-    db: LocalDb,
+    store: AuthStore,
     root: KeyPair,
     public: PublicKey,
     ttl: Duration,
     clock: Arc<dyn Clock>,
-    throttle: Throttle,
+    throttle: LoginThrottle,
 }
 
 /// Hand-written so the private key can never end up in a log via `{:?}`.
@@ -56,17 +55,22 @@ impl fmt::Debug for Auth {
 impl Auth {
     /// `token_ttl` is applied at whole-second resolution (minimum 1 s). Computes the dummy
     /// password hash once up front (one Argon2 run, tens of ms), see `users::verify_password`.
-    pub fn new(db: LocalDb, root: KeyPair, token_ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: AuthStore,
+        root: KeyPair,
+        token_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         users::warm_up_dummy_hash();
         let public = root.public();
         Self {
             inner: Arc::new(Inner {
-                db,
+                throttle: store.throttle(),
+                store,
                 root,
                 public,
                 ttl: token_ttl,
                 clock,
-                throttle: Throttle::default(),
             }),
         }
     }
@@ -79,59 +83,64 @@ impl Auth {
         if users::validate_username(username).is_err() {
             // Cannot be a real user. Still spend the hash so malformed names are not a fast
             // path; not throttled because there is no account to protect and such names are
-            // unbounded garbage we do not want as map keys.
-            self.inner
-                .db
-                .run(move |_| {
-                    users::verify_password(&password, None);
-                    Ok::<_, AuthError>(())
-                })
-                .await?;
+            // unbounded garbage we do not want as keys.
+            blocking(move || {
+                users::verify_password(&password, None);
+                Ok(())
+            })
+            .await?;
             return Err(AuthError::InvalidCredentials);
         }
 
         let now = self.inner.clock.now();
-        self.inner
+        let attempt = self
+            .inner
             .throttle
-            .begin_attempt(username, now)
+            .begin(username, now)
+            .await?
             .map_err(|retry_after| {
                 tracing::debug!(user = username, "login throttled");
                 AuthError::TooManyAttempts { retry_after }
             })?;
-
-        let inner = Arc::clone(&self.inner);
-        let name = username.to_owned();
-        let db = inner.db.clone();
-        let result = db
-            .run(move |db| {
-                if password.len() > users::MAX_PASSWORD_BYTES {
-                    return Err(AuthError::InvalidCredentials);
-                }
-                let record = users::lookup(db, &name)?;
-                // Always exactly one Argon2 verification: against the user's hash, or against the
-                // dummy when the user does not exist.
-                let ok = users::verify_password(&password, record.as_ref().map(|r| r.phc.as_str()));
-                match record {
-                    Some(r) if ok => {
-                        tokens::issue(&inner.root, &name, r.generation, r.role, now, inner.ttl)
-                    }
-                    _ => Err(AuthError::InvalidCredentials),
-                }
-            })
-            .await;
-
+        let result = self.check_password(username, password, now).await;
         match &result {
             Ok(_) => {
-                self.inner.throttle.succeeded(username);
+                self.inner.throttle.succeeded(username).await;
                 tracing::info!(user = username, "login succeeded");
             }
             Err(AuthError::InvalidCredentials) => {
                 tracing::debug!(user = username, "login failed");
             }
             // Storage trouble is not the user's fault; do not count it towards a lockout.
-            Err(_) => self.inner.throttle.forget_attempt(username),
+            Err(_) => self.inner.throttle.forget(username, attempt).await,
         }
         result
+    }
+
+    /// A token for `name` if `password` is theirs. Always exactly one Argon2 verification:
+    /// against the user's hash, or against the dummy when the user does not exist.
+    async fn check_password(
+        &self,
+        name: &str,
+        password: String,
+        now: std::time::SystemTime,
+    ) -> Result<IssuedToken, AuthError> {
+        if password.len() > users::MAX_PASSWORD_BYTES {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let record = self.inner.store.lookup(name).await?;
+        let inner = Arc::clone(&self.inner);
+        let name = name.to_owned();
+        blocking(move || {
+            let ok = users::verify_password(&password, record.as_ref().map(|r| r.phc.as_str()));
+            match record {
+                Some(r) if ok => {
+                    tokens::issue(&inner.root, &name, r.generation, r.role, now, inner.ttl)
+                }
+                _ => Err(AuthError::InvalidCredentials),
+            }
+        })
+        .await
     }
 
     /// Authenticates an `Authorization` header value and returns who the token is for.
@@ -149,36 +158,33 @@ impl Auth {
         let token = bearer_token(header)?.to_owned();
         let now = self.inner.clock.now();
         let inner = Arc::clone(&self.inner);
-        let db = inner.db.clone();
-        db.run(move |db| {
-            let claims = tokens::check(&token, &inner.public, now)?;
-            // One snapshot for both lookups, so a concurrent remove + re-add cannot be half-seen.
-            let txn = tokens::begin_read(db)?;
-            if tokens::is_revoked(&txn, &claims.revocation_ids)? {
-                return Err(AuthError::InvalidToken("token revoked".into()));
-            }
-            match users::lookup_in(&txn, &claims.username)? {
-                None => Err(AuthError::InvalidToken(format!(
-                    "user {:?} no longer exists",
-                    claims.username
-                ))),
-                Some(r) if r.generation != claims.generation => {
-                    Err(AuthError::InvalidToken(format!(
-                        "user {:?} was re-created (token generation {}, current {})",
-                        claims.username, claims.generation, r.generation
-                    )))
-                }
-                Some(r) if r.role != claims.role => Err(AuthError::InvalidToken(format!(
-                    "user {:?} has role {:?}, the token {:?}",
-                    claims.username, r.role, claims.role
-                ))),
-                Some(_) => Ok(Identity {
-                    username: claims.username,
-                    role: claims.role,
-                }),
-            }
-        })
-        .await
+        let claims = blocking(move || tokens::check(&token, &inner.public, now)).await?;
+        let state = self
+            .inner
+            .store
+            .token_state(&claims.username, claims.revocation_ids)
+            .await?;
+        if state.revoked {
+            return Err(AuthError::InvalidToken("token revoked".into()));
+        }
+        match state.user {
+            None => Err(AuthError::InvalidToken(format!(
+                "user {:?} no longer exists",
+                claims.username
+            ))),
+            Some(r) if r.generation != claims.generation => Err(AuthError::InvalidToken(format!(
+                "user {:?} was re-created (token generation {}, current {})",
+                claims.username, claims.generation, r.generation
+            ))),
+            Some(r) if r.role != claims.role => Err(AuthError::InvalidToken(format!(
+                "user {:?} has role {:?}, the token {:?}",
+                claims.username, r.role, claims.role
+            ))),
+            Some(_) => Ok(Identity {
+                username: claims.username,
+                role: claims.role,
+            }),
+        }
     }
 
     /// As [`verify`](Self::verify), and the token's user must have `role`: a valid token
@@ -229,32 +235,32 @@ mod tests {
 
     use super::*;
     use crate::auth::test_util::temp_db;
-    use crate::auth::{add_user, remove_user, revoke_token};
     use crate::clock::ManualClock;
 
     const TTL: Duration = Duration::from_secs(3600);
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        db: Arc<redb::Database>,
-        local: LocalDb,
+        store: AuthStore,
         clock: ManualClock,
         public: PublicKey,
         auth: Auth,
     }
 
-    fn fixture() -> Fixture {
+    async fn fixture() -> Fixture {
         let (dir, local) = temp_db();
-        let db = Arc::clone(local.database());
+        let store = AuthStore::Redb(local);
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let root = KeyPair::new();
         let public = root.public();
-        let auth = Auth::new(local.clone(), root, TTL, Arc::new(clock.clone()));
-        add_user(&db, "alice", "correct horse", None).expect("add alice");
+        let auth = Auth::new(store.clone(), root, TTL, Arc::new(clock.clone()));
+        store
+            .add_user("alice", "correct horse", None)
+            .await
+            .expect("add alice");
         Fixture {
             _dir: dir,
-            db,
-            local,
+            store,
             clock,
             public,
             auth,
@@ -275,7 +281,10 @@ mod tests {
 
     /// An `ops` user, logged in: its token.
     async fn add_ops_bot(f: &Fixture) -> String {
-        add_user(&f.db, "ops-bot", "pw-ops", Some(Role::Ops)).expect("add ops");
+        f.store
+            .add_user("ops-bot", "pw-ops", Some(Role::Ops))
+            .await
+            .expect("add ops");
         login(f, "ops-bot", "pw-ops").await
     }
 
@@ -288,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn happy_path() {
-        let f = fixture();
+        let f = fixture().await;
         let issued = f.auth.login("alice", "correct horse").await.expect("login");
         assert_eq!(issued.expires_at, f.clock.now() + TTL);
         let user = f.auth.verify(Some(&bearer(&issued.token))).await;
@@ -303,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_password_and_unknown_user_look_the_same() {
-        let f = fixture();
+        let f = fixture().await;
         let wrong = f.auth.login("alice", "nope").await.expect_err("wrong pw");
         let unknown = f.auth.login("mallory", "nope").await.expect_err("unknown");
         let malformed = f.auth.login(" bad\n", "nope").await.expect_err("malformed");
@@ -316,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn throttles_after_five_failures_per_minute() {
-        let f = fixture();
+        let f = fixture().await;
         for i in 1..=5 {
             let e = f.auth.login("alice", "nope").await.expect_err("wrong");
             assert!(
@@ -340,7 +349,7 @@ mod tests {
             .expect_err("locked");
         assert!(matches!(e, AuthError::TooManyAttempts { .. }));
         // Another username is unaffected.
-        add_user(&f.db, "bob", "pw", None).expect("add bob");
+        f.store.add_user("bob", "pw", None).await.expect("add bob");
         f.auth.login("bob", "pw").await.expect("bob logs in");
 
         f.clock.advance(Duration::from_secs(61));
@@ -357,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_usernames_are_throttled_too() {
-        let f = fixture();
+        let f = fixture().await;
         for _ in 0..5 {
             f.auth.login("ghost", "x").await.expect_err("unknown");
         }
@@ -367,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_and_malformed_headers() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
         for missing in [None, Some(""), Some("  ")] {
             assert!(matches!(
@@ -392,9 +401,9 @@ mod tests {
 
     #[tokio::test]
     async fn token_from_another_key_is_refused() {
-        let f = fixture();
+        let f = fixture().await;
         let other = Auth::new(
-            f.local.clone(),
+            f.store.clone(),
             KeyPair::new(),
             TTL,
             Arc::new(f.clock.clone()),
@@ -411,13 +420,17 @@ mod tests {
         );
         assert!(reason.contains("forged"), "{reason}");
         // Nor can it be revoked into our table.
-        let err = revoke_token(&f.db, &foreign.token, &f.public).expect_err("foreign");
+        let err = f
+            .store
+            .revoke_token(&foreign.token, &f.public)
+            .await
+            .expect_err("foreign");
         assert!(matches!(err, AuthError::InvalidToken(_)));
     }
 
     #[tokio::test]
     async fn tampered_tokens_are_refused() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
         let bytes = Biscuit::from_base64(&token, f.public)
             .expect("parse")
@@ -434,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_token_is_refused() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
         f.clock.advance(TTL - Duration::from_secs(1));
         f.auth
@@ -448,12 +461,15 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_token_is_refused_and_others_are_not() {
-        let f = fixture();
+        let f = fixture().await;
         let revoked = login_alice(&f).await;
         let kept = login_alice(&f).await;
         // A token derived from the revoked one dies with it.
         let derived = attenuate(&f, &revoked, "check if operation(\"read\")");
-        revoke_token(&f.db, &revoked, &f.public).expect("revoke");
+        f.store
+            .revoke_token(&revoked, &f.public)
+            .await
+            .expect("revoke");
         let reason = assert_invalid(f.auth.verify(Some(&bearer(&revoked))).await, "revoked");
         assert!(reason.contains("revoked"), "{reason}");
         assert_invalid(f.auth.verify(Some(&bearer(&derived))).await, "derived");
@@ -469,19 +485,22 @@ mod tests {
 
     #[tokio::test]
     async fn removed_user_token_is_refused() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
-        remove_user(&f.db, "alice").expect("remove");
+        f.store.remove_user("alice").await.expect("remove");
         let reason = assert_invalid(f.auth.verify(Some(&bearer(&token))).await, "removed");
         assert!(reason.contains("no longer exists"), "{reason}");
     }
 
     #[tokio::test]
     async fn re_added_user_old_token_is_refused() {
-        let f = fixture();
+        let f = fixture().await;
         let old = login_alice(&f).await;
-        remove_user(&f.db, "alice").expect("remove");
-        add_user(&f.db, "alice", "new pw", None).expect("re-add");
+        f.store.remove_user("alice").await.expect("remove");
+        f.store
+            .add_user("alice", "new pw", None)
+            .await
+            .expect("re-add");
         let reason = assert_invalid(f.auth.verify(Some(&bearer(&old))).await, "old gen");
         assert!(reason.contains("re-created"), "{reason}");
         let new = f.auth.login("alice", "new pw").await.expect("login").token;
@@ -497,7 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn attenuated_tokens() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
         let now = f.clock.now();
         let soon = Term::Date(crate::clock::unix_millis(now) / 1000 + 30);
@@ -537,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ops_users_token_carries_the_role_and_a_plain_one_does_not() {
-        let f = fixture();
+        let f = fixture().await;
         let ops = add_ops_bot(&f).await;
         let plain = login_alice(&f).await;
 
@@ -575,7 +594,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_attenuated_plain_token_claiming_ops_does_not_get_it() {
-        let f = fixture();
+        let f = fixture().await;
         let plain = login_alice(&f).await;
         let claimed = attenuate_code(&f, &plain, r#"role("ops"); check if role("ops");"#);
         let identity = f.auth.verify(Some(&bearer(&claimed))).await.expect("valid");
@@ -589,21 +608,30 @@ mod tests {
 
     #[tokio::test]
     async fn ops_tokens_die_with_their_user_and_with_a_changed_role() {
-        let f = fixture();
+        let f = fixture().await;
         let ops = add_ops_bot(&f).await;
         // Re-added as a plain user: the old ops token names a generation that is gone.
-        remove_user(&f.db, "ops-bot").expect("remove");
-        add_user(&f.db, "ops-bot", "pw-ops", None).expect("re-add plain");
+        f.store.remove_user("ops-bot").await.expect("remove");
+        f.store
+            .add_user("ops-bot", "pw-ops", None)
+            .await
+            .expect("re-add plain");
         let reason = assert_invalid(f.auth.verify(Some(&bearer(&ops))).await, "old gen");
         assert!(reason.contains("re-created"), "{reason}");
 
         // A role changed in place (no command does this today) also refuses the old token.
         let plain = login(&f, "ops-bot", "pw-ops").await;
-        let generation = users::lookup(&f.db, "ops-bot")
+        let generation = f
+            .store
+            .lookup("ops-bot")
+            .await
             .expect("lookup")
             .expect("exists")
             .generation;
-        let txn = f.db.begin_write().expect("write");
+        let AuthStore::Redb(local) = &f.store else {
+            unreachable!("the fixture is on redb")
+        };
+        let txn = local.database().begin_write().expect("write");
         txn.open_table(crate::localdb::schema::ROLES)
             .expect("roles")
             .insert("ops-bot", ("ops", generation))
@@ -615,7 +643,7 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_datalog_is_refused_quickly() {
-        let f = fixture();
+        let f = fixture().await;
         let token = login_alice(&f).await;
         // Joins over many same-named facts: unbounded CPU in biscuit without the shape check.
         let bomb = attenuate_code(
@@ -635,7 +663,12 @@ mod tests {
         let (_dir, db) = temp_db();
         let key = KeyPair::new();
         let secret = key.private().to_bytes_hex();
-        let auth = Auth::new(db, key, TTL, Arc::new(crate::clock::SystemClock));
+        let auth = Auth::new(
+            AuthStore::Redb(db),
+            key,
+            TTL,
+            Arc::new(crate::clock::SystemClock),
+        );
         let dbg = format!("{auth:?}");
         assert!(!dbg.contains(&secret));
         assert!(dbg.contains("ed25519/"));

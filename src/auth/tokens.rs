@@ -300,26 +300,32 @@ pub(crate) fn is_revoked(txn: &redb::ReadTransaction, ids: &[Vec<u8>]) -> Result
     Ok(false)
 }
 
-/// Stores all revocation ids of `token` so `verify` refuses it. The token must carry a valid
-/// signature chain from `root` (so only our tokens can fill the table); expired tokens are
-/// accepted, revoking them is harmless.
+/// The revocation ids of `token` (one per block), if it carries a valid signature chain from
+/// `root`: only our tokens can fill the revocation table. Expired tokens are accepted, revoking
+/// them is harmless.
 ///
-/// Note: revoking an attenuated token stores its authority block's id too, which revokes the
-/// token it was derived from and all its siblings.
-pub fn revoke_token(db: &Database, token: &str, root: &PublicKey) -> Result<(), AuthError> {
-    let biscuit = parse(token.trim(), root)?;
-    let now = unix_millis(SystemTime::now());
+/// Revoking an attenuated token stores its authority block's id too, which revokes the token it
+/// was derived from and all its siblings.
+pub(crate) fn revocation_ids(token: &str, root: &PublicKey) -> Result<Vec<Vec<u8>>, AuthError> {
+    Ok(parse(token.trim(), root)?.revocation_identifiers())
+}
+
+/// Stores `ids` (revoked at `now_ms`) so `verify` refuses every token carrying one of them.
+pub(crate) fn store_revocations(
+    db: &Database,
+    ids: &[Vec<u8>],
+    now_ms: u64,
+) -> Result<(), AuthError> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
     {
         let mut table = txn.open_table(REVOKED).map_err(redb::Error::from)?;
-        for id in biscuit.revocation_identifiers() {
+        for id in ids {
             table
-                .insert(id.as_slice(), now)
+                .insert(id.as_slice(), now_ms)
                 .map_err(redb::Error::from)?;
         }
     }
     txn.commit().map_err(redb::Error::from)?;
-    tracing::info!("token revoked");
     Ok(())
 }
 

@@ -158,34 +158,15 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Adds a user with an Argon2id hash of `password`, and `role` if any (`None`: a plain user).
-/// Slow by design (one Argon2 hash): inside an async runtime, call it from `spawn_blocking`.
-pub fn add_user(
-    db: &Database,
-    name: &str,
-    password: &str,
-    role: Option<Role>,
-) -> Result<(), AuthError> {
+/// What `add_user` refuses before spending a hash: a bad name or password.
+pub(crate) fn validate_new_user(name: &str, password: &str) -> Result<(), AuthError> {
     validate_username(name)?;
-    validate_password(password)?;
-    // Cheap early refusal so a duplicate does not cost an Argon2 hash; the write transaction
-    // below re-checks, since another writer may have added the name meanwhile.
-    if lookup(db, name)?.is_some() {
-        return Err(AuthError::UserExists(name.to_owned()));
-    }
-    // Hash before opening the write transaction: redb allows one writer at a time and Argon2 is
-    // the slow part.
-    let phc = hash_password(password)?;
-    let inserted = insert_user(db, name, &phc, role)?;
-    if inserted {
-        tracing::info!(user = name, role = role.map(Role::as_str), "user added");
-        Ok(())
-    } else {
-        Err(AuthError::UserExists(name.to_owned()))
-    }
+    validate_password(password)
 }
 
-fn insert_user(
+/// Inserts `name` with a new generation unless it exists (`false`): the user and their role in
+/// one transaction, so a user is never seen without the role they were given.
+pub(crate) fn insert_user(
     db: &Database,
     name: &str,
     phc: &str,
@@ -201,7 +182,6 @@ fn insert_user(
         let generation = meta.get(NEXT_GENERATION)?.map_or(1, |g| g.value());
         meta.insert(NEXT_GENERATION, generation.saturating_add(1))?;
         users.insert(name, (phc, generation))?;
-        // In the same transaction, so a user is never seen without the role they were given.
         let mut roles = txn.open_table(ROLES)?;
         match role {
             Some(role) => {
@@ -216,33 +196,24 @@ fn insert_user(
     Ok(true)
 }
 
-/// Removes a user. Their outstanding tokens fail verification from then on, because `verify`
-/// looks the user up on every request (and a re-added user gets a new generation).
-pub fn remove_user(db: &Database, name: &str) -> Result<(), AuthError> {
+/// Deletes `name`'s rows; `false` if there was no such user.
+pub(crate) fn delete_user(db: &Database, name: &str) -> Result<bool, AuthError> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
     let removed = {
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        let removed = {
-            let mut users = txn.open_table(USERS).map_err(redb::Error::from)?;
-            let old = users.remove(name).map_err(redb::Error::from)?;
-            let mut roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
-            roles.remove(name).map_err(redb::Error::from)?;
-            old.is_some()
-        };
-        if removed {
-            txn.commit().map_err(redb::Error::from)?;
-        }
-        removed
+        let mut users = txn.open_table(USERS).map_err(redb::Error::from)?;
+        let old = users.remove(name).map_err(redb::Error::from)?;
+        let mut roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
+        roles.remove(name).map_err(redb::Error::from)?;
+        old.is_some()
     };
     if removed {
-        tracing::info!(user = name, "user removed");
-        Ok(())
-    } else {
-        Err(AuthError::UnknownUser(name.to_owned()))
+        txn.commit().map_err(redb::Error::from)?;
     }
+    Ok(removed)
 }
 
 /// All users with their roles, sorted by name (redb keeps keys ordered).
-pub fn list_users(db: &Database) -> Result<Vec<(String, Option<Role>)>, AuthError> {
+pub(crate) fn list_users(db: &Database) -> Result<Vec<(String, Option<Role>)>, AuthError> {
     let txn = db.begin_read().map_err(redb::Error::from)?;
     let users = txn.open_table(USERS).map_err(redb::Error::from)?;
     let roles = txn.open_table(ROLES).map_err(redb::Error::from)?;
@@ -311,129 +282,17 @@ fn role_of(
 
 #[cfg(test)]
 mod tests {
+    // The steps of add / remove / list are tested on both stores in `store/tests.rs`; these
+    // are the redb table's own rules.
     use super::*;
     use crate::auth::test_util::temp_db;
-
-    fn names(db: &Database) -> Vec<String> {
-        list_users(db)
-            .expect("list")
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect()
-    }
-
-    #[test]
-    fn add_list_remove() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        assert!(list_users(&db).expect("list").is_empty());
-        add_user(&db, "bob", "pw-b", None).expect("add bob");
-        add_user(&db, "alice", "pw-a", None).expect("add alice");
-        assert_eq!(names(&db), ["alice", "bob"]);
-
-        let rec = lookup(&db, "alice").expect("lookup").expect("alice exists");
-        assert!(rec.phc.starts_with("$argon2id$"));
-        assert!(verify_password("pw-a", Some(&rec.phc)));
-        assert!(!verify_password("pw-b", Some(&rec.phc)));
-
-        remove_user(&db, "bob").expect("remove");
-        assert_eq!(names(&db), ["alice"]);
-        let err = remove_user(&db, "bob").expect_err("already gone");
-        assert!(matches!(err, AuthError::UnknownUser(ref n) if n == "bob"));
-    }
-
-    #[test]
-    fn salts_are_per_user() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "a", "same", None).expect("add");
-        add_user(&db, "b", "same", None).expect("add");
-        let a = lookup(&db, "a").expect("lookup").expect("a");
-        let b = lookup(&db, "b").expect("lookup").expect("b");
-        assert_ne!(a.phc, b.phc);
-    }
-
-    #[test]
-    fn duplicate_user_refused_with_clear_message() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "alice", "pw", None).expect("add");
-        let err = add_user(&db, "alice", "other", None).expect_err("duplicate");
-        assert!(matches!(err, AuthError::UserExists(_)));
-        assert_eq!(err.to_string(), "user alice already exists");
-    }
-
-    #[test]
-    fn invalid_usernames_refused() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        let too_long = "x".repeat(65);
-        for bad in [
-            "", " alice", "alice ", "\talice", "al\nice", "a\u{7f}b", &too_long,
-        ] {
-            let err = add_user(&db, bad, "pw", None).expect_err(bad);
-            assert!(
-                matches!(err, AuthError::InvalidUsername(_)),
-                "{bad:?}: {err:?}"
-            );
-        }
-        // Boundaries that must be accepted: 64 chars (multi-byte), inner spaces, unicode.
-        add_user(&db, &"é".repeat(64), "pw", None).expect("64 chars ok");
-        add_user(&db, "ann marie", "pw", None).expect("inner space ok");
-        assert!(list_users(&db).expect("list").len() == 2);
-    }
-
-    #[test]
-    fn invalid_passwords_refused() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        let long = "p".repeat(MAX_PASSWORD_BYTES + 1);
-        for bad in ["", long.as_str()] {
-            let err = add_user(&db, "alice", bad, None).expect_err("bad password");
-            assert!(matches!(err, AuthError::InvalidPassword(_)));
-        }
-    }
-
-    #[test]
-    fn generations_are_never_reused() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "alice", "pw", None).expect("add");
-        let g1 = lookup(&db, "alice").expect("l").expect("alice").generation;
-        remove_user(&db, "alice").expect("remove");
-        add_user(&db, "alice", "pw", None).expect("re-add");
-        let g2 = lookup(&db, "alice").expect("l").expect("alice").generation;
-        assert!(g2 > g1);
-    }
-
-    #[test]
-    fn roles_are_stored_listed_and_go_with_the_user() {
-        let (_dir, db) = temp_db();
-        let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "ops-bot", "pw", Some(Role::Ops)).expect("add ops");
-        add_user(&db, "alice", "pw", None).expect("add plain");
-        assert_eq!(
-            list_users(&db).expect("list"),
-            [
-                ("alice".to_owned(), None),
-                ("ops-bot".to_owned(), Some(Role::Ops))
-            ]
-        );
-        let rec = lookup(&db, "ops-bot").expect("lookup").expect("exists");
-        assert_eq!(rec.role, Some(Role::Ops));
-        assert_eq!(lookup(&db, "alice").expect("l").expect("alice").role, None);
-
-        // Re-added without the role: a plain user (and a new generation).
-        remove_user(&db, "ops-bot").expect("remove");
-        add_user(&db, "ops-bot", "pw", None).expect("re-add");
-        assert_eq!(lookup(&db, "ops-bot").expect("l").expect("bot").role, None);
-    }
 
     #[test]
     fn a_role_row_of_another_generation_or_name_grants_nothing() {
         let (_dir, db) = temp_db();
         let db = std::sync::Arc::clone(db.database());
-        add_user(&db, "alice", "pw", None).expect("add");
+        let phc = hash_password("pw").expect("hash");
+        assert!(insert_user(&db, "alice", &phc, None).expect("add"));
         let generation = lookup(&db, "alice").expect("l").expect("alice").generation;
         let write_role = |role: &str, generation: u64| {
             let txn = db.begin_write().expect("write");

@@ -14,8 +14,16 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// On a free port. A port found free can be taken by a server another test starts at the
+    /// same moment; ours then exits and the other answers on it, so the server is asked who it
+    /// is and the start retried on another port.
     pub fn start() -> RedisServer {
-        Self::start_on(free_port())
+        for _ in 0..10 {
+            if let Some(server) = Self::try_spawn(free_port(), &[]) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
     /// On a given port: "Redis comes back" where the clients already point.
@@ -24,6 +32,12 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, extra: &[&str]) -> RedisServer {
+        Self::try_spawn(port, extra)
+            .unwrap_or_else(|| panic!("redis-server could not listen on {port}: port taken"))
+    }
+
+    /// `None` if another process answers on `port` instead of ours.
+    fn try_spawn(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(extra)
@@ -44,20 +58,33 @@ impl RedisServer {
             .stdin(Stdio::null())
             .spawn()
             .expect("sh runs");
-        let server = RedisServer {
+        let mut server = RedisServer {
             child,
             watchdog,
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            match server.answering_pid() {
+                Some(pid) if pid == server.child.id() => return Some(server),
+                Some(_) => return None,
+                None if matches!(server.child.try_wait(), Ok(Some(_))) => return None,
+                None => {}
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not listen on {port} within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+
+    /// The `process_id` of whatever Redis answers on our port, if one does.
+    fn answering_pid(&self) -> Option<u32> {
+        let mut conn = self.client().get_connection().ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        let line = info.lines().find(|l| l.starts_with("process_id:"))?;
+        line["process_id:".len()..].trim().parse().ok()
     }
 
     pub fn url(&self) -> String {
@@ -66,6 +93,26 @@ impl RedisServer {
 
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).expect("a valid URL")
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as when a
+    /// server hangs or the network drops packets; unlike a restart, the data is still there
+    /// after [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} redis-server");
     }
 
     /// A connection as the service makes it (5 s per command: tests are not about timeouts).

@@ -174,3 +174,113 @@ async fn start_up_waits_for_a_redis_that_comes_up_late() {
         StatusCode::OK
     );
 }
+
+/// A loaded test machine can take longer than the default 250 ms to answer a login's lookup;
+/// these tests are about sharing, not timeouts.
+const PATIENT: &[&str] = &["--redis-timeout", "2s"];
+
+/// The admin CLI against the replicas' Redis, while they run.
+fn redis_cli(redis: &RedisServer, prefix: &str, args: &[&str], stdin: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let env = [
+        ("CLASSIFIER_REDIS_URL", url.as_str()),
+        ("CLASSIFIER_REDIS_PREFIX", prefix),
+    ];
+    let out = crate::secret::cli(scratch.path(), args, stdin, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn token_on(app: &TestApp, password: &str) -> (u16, serde_json::Value) {
+    let response = app.login("alice", password).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// A token for alice, who must be able to log in.
+async fn alice_token(app: &TestApp) -> String {
+    let (status, body) = token_on(app, "pw-1").await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn secret_status(app: &TestApp, token: &str) -> u16 {
+    let header = format!("Bearer {token}");
+    app.secret(Some(&header)).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_users_tokens_revocations_and_the_root_key() {
+    let redis = RedisServer::start();
+    // Separate data dirs and no --root-key: the key can only be shared through Redis.
+    let (a, b) = (
+        replica_with(&redis, "p", PATIENT).await,
+        replica_with(&redis, "p", PATIENT).await,
+    );
+    redis_cli(
+        &redis,
+        "p",
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1",
+    );
+    assert_eq!(redis_cli(&redis, "p", &["user", "list"], ""), "alice\n");
+
+    let token = alice_token(&a).await;
+    assert_eq!(secret_status(&b, &token).await, 200);
+    let public = redis_cli(&redis, "p", &["key", "public"], "");
+    let key: biscuit_auth::PublicKey = public.trim().parse().unwrap();
+    biscuit_auth::Biscuit::from_base64(&token, key).expect("signed by the stored key");
+
+    redis_cli(&redis, "p", &["token", "revoke", &token], "");
+    assert_eq!(
+        [
+            secret_status(&a, &token).await,
+            secret_status(&b, &token).await
+        ],
+        [401, 401]
+    );
+    let fresh = alice_token(&b).await;
+    assert_eq!(secret_status(&a, &fresh).await, 200);
+    redis_cli(&redis, "p", &["user", "remove", "alice"], "");
+    assert_eq!(secret_status(&a, &fresh).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_token_and_secret_fail_closed_with_503_and_recover() {
+    let redis = RedisServer::start();
+    let app = replica_with(&redis, "p", PATIENT).await;
+    redis_cli(
+        &redis,
+        "p",
+        &["user", "add", "alice", "--password-stdin"],
+        "pw-1",
+    );
+    let token = alice_token(&app).await;
+
+    redis.pause();
+    let header = format!("Bearer {token}");
+    for response in [
+        app.login("alice", "pw-1").await,
+        app.secret(Some(&header)).await,
+    ] {
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "storage_unavailable");
+    }
+    redis.resume();
+    let mut statuses = (0, 0);
+    for _ in 0..50 {
+        statuses = (
+            token_on(&app, "pw-1").await.0,
+            secret_status(&app, &token).await,
+        );
+        if statuses == (200, 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(statuses, (200, 200), "back without a restart");
+}

@@ -58,7 +58,7 @@ async fn app_with_alice(clock: Option<ManualClock>) -> TestApp {
 }
 
 impl TestApp {
-    async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+    pub(crate) async fn login(&self, username: &str, password: &str) -> reqwest::Response {
         self.client
             .post(self.url("/token"))
             .json(&serde_json::json!({ "username": username, "password": password }))
@@ -75,7 +75,7 @@ impl TestApp {
         body["token"].as_str().unwrap().to_owned()
     }
 
-    async fn secret(&self, authorization: Option<&str>) -> reqwest::Response {
+    pub(crate) async fn secret(&self, authorization: Option<&str>) -> reqwest::Response {
         let mut request = self.client.get(self.url("/secret"));
         if let Some(value) = authorization {
             request = request.header("authorization", value);
