@@ -69,7 +69,8 @@ impl Application {
                 .await
                 .context("starting the storage layer")?;
         let auth = build_auth(&settings, db.clone(), clock.clone())?;
-        let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
+        let (reporter, history) =
+            build_monitoring(&settings, &identity, db, redis.as_ref(), clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
         let pipeline = build_pipeline(&settings).await?;
         let model = ModelInfo::new(&identity, pipeline.classifier.labels().len());
@@ -345,18 +346,32 @@ fn host_name() -> String {
 }
 
 /// The Elasticsearch reporter when configured, and the history it backs (else the in-memory ring).
+/// Its outbox is in Redis when `--redis-url` is set (one for all replicas, no disk), else in
+/// this replica's database.
 async fn build_monitoring(
     settings: &Settings,
     identity: &ModelIdentity,
     db: LocalDb,
+    redis: Option<&RedisConn>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(Option<Reporter>, History)> {
     let reporter = match elastic_config(settings, identity)? {
-        Some(config) => Some(
-            Reporter::start(db, clock.clone(), config)
-                .await
-                .context("starting the Elasticsearch reporter")?,
-        ),
+        Some(config) => {
+            let outbox: crate::elastic::OutboxStore = match redis {
+                Some(conn) => crate::elastic::RedisOutbox::new(
+                    conn.clone(),
+                    &settings.redis_prefix,
+                    settings.redis_timeout.into(),
+                )
+                .into(),
+                None => db.into(),
+            };
+            Some(
+                Reporter::start(outbox, clock.clone(), config)
+                    .await
+                    .context("starting the Elasticsearch reporter")?,
+            )
+        }
         None => None,
     };
     let history = match &reporter {
