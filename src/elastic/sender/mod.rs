@@ -62,6 +62,10 @@ enum Next {
     Idle,
     /// Back off before the next attempt.
     Pause,
+    /// The outbox's storage failed: back off too, but on a shared outbox for at most one poll
+    /// interval, so that documents do not wait out an Elasticsearch-sized backoff (up to
+    /// `max_backoff`) after a Redis outage is over. Plain backoff for redb.
+    StorePause,
     /// Stop: the shutdown deadline passed, or every handle is gone.
     Stop,
 }
@@ -97,7 +101,8 @@ impl Sender {
             let go_on = match self.step().await {
                 Next::Again => true,
                 Next::Idle => self.idle().await,
-                Next::Pause => self.pause().await,
+                Next::Pause => self.pause(None).await,
+                Next::StorePause => self.pause(self.shared.store.poll_interval()).await,
                 Next::Stop => false,
             };
             if !go_on {
@@ -130,7 +135,7 @@ impl Sender {
             }
             Some(Err(e)) => {
                 store_failed(&e, "elasticsearch outbox: cannot read pending documents");
-                return Next::Pause;
+                return Next::StorePause;
             }
         };
         if batch.is_empty() {
@@ -177,7 +182,7 @@ impl Sender {
             }
             Some(Err(e)) => {
                 store_failed(&e, "elasticsearch outbox: cannot take the sender turn");
-                Some(Next::Pause)
+                Some(Next::StorePause)
             }
         }
     }
@@ -285,10 +290,11 @@ impl Sender {
         self.backoff.reset();
     }
 
-    /// Sleeps for the next backoff delay. Returns false when the task must stop. A shutdown
-    /// request cuts the sleep short, so the drain starts with an immediate attempt.
-    async fn pause(&mut self) -> bool {
+    /// Sleeps for the next backoff delay (at most `cap`). Returns false when the task must stop.
+    /// A shutdown request cuts the sleep short, so the drain starts with an immediate attempt.
+    async fn pause(&mut self, cap: Option<Duration>) -> bool {
         let delay = self.backoff.next_delay();
+        let delay = cap.map_or(delay, |cap| delay.min(cap));
         if self.rx.borrow().is_some() {
             return bounded(&mut self.rx, tokio::time::sleep(delay))
                 .await
