@@ -60,6 +60,8 @@ mod template;
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_redis;
 
 pub use config::{ElasticAuth, ElasticConfig};
 pub use document::ReportDocument;

@@ -25,7 +25,7 @@ use super::ElasticError;
 mod redb;
 pub mod redis;
 #[cfg(test)]
-mod redis_tests;
+pub(crate) mod redis_tests;
 
 pub use redis::{RedisOutbox, RedisOutboxError};
 
