@@ -12,7 +12,7 @@
 //! - `settle` removes delivered documents and moves refused ones to the dead letters, bounded
 //!   too, atomically.
 //! - `take_turn` / `end_turn`: who may send. One process owns a redb file, so it always may; on
-//!   Redis a lease lets one replica send at a time (see [`redis`]).
+//!   Redis a lease lets one replica send at a time (see `redis.rs`).
 //!
 //! - `redb.rs`: the blocking table functions, run through [`LocalDb::run`].
 //! - `redis.rs`: [`RedisOutbox`], keys and Lua scripts.
