@@ -118,21 +118,30 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Why a guarded call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("no answer from redis within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Runs one command or script on a clone of `conn` with a deadline (the connection's own
 /// timeout covers the reply; this also covers a reconnect in progress), and tells `health` how
-/// it went, so an outage is logged once however many calls fail. The error is for logs.
+/// it went, so an outage is logged once however many calls fail.
 pub async fn guarded<T, F>(
     conn: &RedisConn,
     timeout: Duration,
     health: &Health,
     call: impl FnOnce(RedisConn) -> F,
-) -> Result<T, String>
+) -> Result<T, CallError>
 where
     F: std::future::Future<Output = RedisResult<T>>,
 {
     let result = match tokio::time::timeout(timeout, call(conn.clone())).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(result) => result.map_err(CallError::from),
+        Err(_) => Err(CallError::Timeout(timeout)),
     };
     match &result {
         Ok(_) => health.up(),

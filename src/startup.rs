@@ -57,24 +57,17 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        // The database first: a bad data dir should fail before seconds of model loading.
-        let db = LocalDb::open_async(&settings.data_dir)
-            .await
-            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+        // Where the state lives first: a bad data dir or an absent Redis should fail before
+        // seconds of model loading.
+        let home = StateHome::open(&settings).await?;
         let identity = model_identity(&settings).await?;
-        let redis = connect_redis(&settings).await?;
-        let kind = storage_kind(&settings, redis.as_ref(), &db);
+        let kind = storage_kind(&settings, &home);
         let storage =
             crate::storage::open(kind, clock.clone(), storage_config(&settings, &identity))
                 .await
                 .context("starting the storage layer")?;
-        let auth = build_auth(
-            &settings,
-            auth_store(&settings, redis.as_ref(), &db),
-            clock.clone(),
-        )
-        .await?;
-        let (reporter, history) = build_monitoring(&settings, &identity, db, clock).await?;
+        let auth = build_auth(&settings, auth_store(&settings, &home), clock.clone()).await?;
+        let (reporter, history) = build_monitoring(&settings, &identity, &home, clock).await?;
         let fetch_timeout: Duration = settings.fetch_timeout.into();
         let pipeline = build_pipeline(&settings).await?;
         let model = ModelInfo::new(&identity, pipeline.classifier.labels().len());
@@ -101,7 +94,7 @@ impl Application {
             ops_gate,
             cors: settings.cors_origins.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
-            rate_limits: build_rate_limits(&settings, redis),
+            rate_limits: build_rate_limits(&settings, home.redis()),
         };
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -194,15 +187,41 @@ fn build_rate_limits(settings: &Settings, redis: Option<RedisConn>) -> RateLimit
     limits
 }
 
-/// Redis when `--redis-url` named one (and it answered), else this replica's redb file.
-fn storage_kind(settings: &Settings, redis: Option<&RedisConn>, db: &LocalDb) -> BackendKind {
-    match redis {
-        Some(conn) => BackendKind::Redis(Box::new(RedisTarget {
+/// Where every piece of state lives (results, statistics, users, the Elasticsearch outbox):
+/// this replica's redb file, or, with `--redis-url`, the Redis every replica shares. In Redis
+/// mode the data dir is not opened at all: replicas are stateless.
+enum StateHome {
+    Local(LocalDb),
+    Redis(RedisConn),
+}
+
+impl StateHome {
+    async fn open(settings: &Settings) -> anyhow::Result<StateHome> {
+        if let Some(conn) = connect_redis(settings).await? {
+            return Ok(StateHome::Redis(conn));
+        }
+        let db = LocalDb::open_async(&settings.data_dir)
+            .await
+            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+        Ok(StateHome::Local(db))
+    }
+
+    fn redis(&self) -> Option<RedisConn> {
+        match self {
+            StateHome::Redis(conn) => Some(conn.clone()),
+            StateHome::Local(_) => None,
+        }
+    }
+}
+
+fn storage_kind(settings: &Settings, home: &StateHome) -> BackendKind {
+    match home {
+        StateHome::Redis(conn) => BackendKind::Redis(Box::new(RedisTarget {
             conn: conn.clone(),
             prefix: settings.redis_prefix.clone(),
             timeout: settings.redis_timeout.into(),
         })),
-        None => BackendKind::Redb(db.clone()),
+        StateHome::Local(db) => BackendKind::Redb(db.clone()),
     }
 }
 
@@ -311,11 +330,10 @@ async fn build_auth(
     Ok(Auth::new(store, root, settings.token_ttl.into(), clock))
 }
 
-/// Users and tokens where the rest of the state is: Redis if `--redis-url`, else redb.
-fn auth_store(settings: &Settings, redis: Option<&RedisConn>, db: &LocalDb) -> AuthStore {
-    match redis {
-        Some(conn) => redis_auth_store(settings, conn),
-        None => AuthStore::Redb(db.clone()),
+fn auth_store(settings: &Settings, home: &StateHome) -> AuthStore {
+    match home {
+        StateHome::Redis(conn) => redis_auth_store(settings, conn),
+        StateHome::Local(db) => AuthStore::Redb(db.clone()),
     }
 }
 
@@ -367,18 +385,31 @@ fn host_name() -> String {
 }
 
 /// The Elasticsearch reporter when configured, and the history it backs (else the in-memory ring).
+/// Its outbox is in Redis when `--redis-url` is set (one for all replicas, no disk), else in
+/// this replica's database.
 async fn build_monitoring(
     settings: &Settings,
     identity: &ModelIdentity,
-    db: LocalDb,
+    home: &StateHome,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(Option<Reporter>, History)> {
     let reporter = match elastic_config(settings, identity)? {
-        Some(config) => Some(
-            Reporter::start(db, clock.clone(), config)
-                .await
-                .context("starting the Elasticsearch reporter")?,
-        ),
+        Some(config) => {
+            let outbox: crate::elastic::OutboxStore = match home {
+                StateHome::Redis(conn) => crate::elastic::RedisOutbox::new(
+                    conn.clone(),
+                    &settings.redis_prefix,
+                    settings.redis_timeout.into(),
+                )
+                .into(),
+                StateHome::Local(db) => db.clone().into(),
+            };
+            Some(
+                Reporter::start(outbox, clock.clone(), config)
+                    .await
+                    .context("starting the Elasticsearch reporter")?,
+            )
+        }
         None => None,
     };
     let history = match &reporter {

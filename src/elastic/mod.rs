@@ -1,36 +1,41 @@
 //! Elasticsearch monitoring: one document per `GET /report` call, never lost, never in the way.
 //!
 //! ```text
-//! /report ── Reporter::enqueue ──> es_outbox_v1 (redb, durable) ──> sender task ──> POST /_bulk
-//!              (one local commit,                                    (create + fixed _id,
-//!               never waits for ES)                                   backoff while ES is away)
+//! /report ── Reporter::enqueue ──> outbox (durable) ──────────────> sender task ──> POST /_bulk
+//!              (one local commit or          redb: es_outbox_v1       (create + fixed _id,
+//!               two Redis calls,             redis: P:{es}:*           backoff while ES is away)
+//!               never waits for ES)
 //! ```
 //!
-//! - [`Reporter::enqueue`] commits the document to the outbox table (its own small redb write
-//!   transaction, on the blocking pool) and wakes the sender. When it returns `Ok`, the document
-//!   is on disk and will reach Elasticsearch eventually, across restarts. It never talks to
-//!   Elasticsearch, so `/report` is as fast with the cluster down as with it up. It can only fail
-//!   if the local database fails; the handler should log that and answer anyway.
+//! - [`Reporter::enqueue`] stores the document in the outbox ([`OutboxStore`]: its own small redb
+//!   write transaction on the blocking pool, or, with `--redis-url`, the outbox every replica
+//!   shares in Redis) and wakes the sender. When it returns `Ok`, the document is durable and
+//!   will reach Elasticsearch eventually, across restarts. It never talks to Elasticsearch, so
+//!   `/report` is as fast with the cluster down as with it up. It can only fail if the outbox's
+//!   storage fails; the handler should log that and answer anyway.
 //! - The outbox is bounded ([`ElasticConfig::outbox_max`]): past the bound the oldest documents
 //!   are dropped, counted in `dropped`, with a warning.
 //! - The sender delivers the oldest documents first, in `_bulk` batches of `create` actions with
 //!   the id fixed at enqueue time, so a retry can never index a document twice (409 on `create`
 //!   means "already there" and counts as delivered). Whole-request failures (cluster down,
 //!   timeouts, 429, 5xx, auth) back off exponentially up to `max_backoff`. Documents refused with
-//!   400 (mapping errors) move to the dead-letter table, counted, not retried.
+//!   400 (mapping errors) move to the dead-letter table, counted, not retried. On Redis, one
+//!   replica's sender works at a time (a lease: `outbox/redis.rs`).
 //! - At first delivery the index template is installed (warning and carry on if refused).
 //! - [`Reporter::shutdown`] drains within a deadline; the rest stays in the outbox and goes out
 //!   after the next start.
 //! - The reporter is also the Elasticsearch source of `/report/history` (`history.rs`: a
 //!   per-minute `date_histogram` over the report documents).
 //!
-//! Tables (in the service's `classifier.redb`, next to the storage layer's):
+//! Embedded mode: tables in the service's `classifier.redb`, next to the storage layer's:
 //!
 //! | table               | key               | value                                   |
 //! |---------------------|-------------------|-----------------------------------------|
 //! | `es_outbox_v1`      | sequence          | (document id, JSON source)              |
 //! | `es_dead_letter_v1` | sequence          | (document id, JSON source, reason, ms)  |
 //! | `es_meta_v1`        | name              | u64 (`next_seq`)                        |
+//!
+//! Redis mode: the same rows under `<prefix>:{es}:*`, described in `outbox/redis.rs`.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +47,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::domain::{Totals, UrlStats};
-use crate::localdb::{DbError, LocalDb};
+use crate::localdb::DbError;
 
 mod client;
 mod config;
@@ -55,9 +60,12 @@ mod template;
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_redis;
 
 pub use config::{ElasticAuth, ElasticConfig};
 pub use document::ReportDocument;
+pub use outbox::{OutboxStore, RedisOutbox, RedisOutboxError};
 
 /// Why an Elasticsearch operation failed. Messages never contain credentials: they are stripped
 /// from the URL before the client is built.
@@ -67,6 +75,8 @@ pub enum ElasticError {
     Config(String),
     #[error("elasticsearch outbox: {0}")]
     Db(#[from] DbError),
+    #[error("elasticsearch outbox on redis: {0}")]
+    Redis(#[from] RedisOutboxError),
     #[error("cannot reach elasticsearch: {0}")]
     Unreachable(String),
     #[error("elasticsearch answered {status}: {detail}")]
@@ -78,7 +88,8 @@ pub enum ElasticError {
 }
 
 /// Counters for the metrics layer. `outbox_depth` is the current number of waiting documents
-/// (also after a restart); the others count since this process started.
+/// (also after a restart; on Redis, the shared outbox's depth as this replica last saw it); the
+/// others count since this process started, for this replica's own work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ReporterStats {
     /// Documents waiting in the outbox.
@@ -113,6 +124,14 @@ impl Counters {
             });
     }
 
+    /// A shared outbox (Redis) reports its depth with every call: others enqueue and deliver
+    /// too, so this replica's deltas alone would drift. The last answer seen wins.
+    pub(crate) fn observe_depth(&self, depth: Option<u64>) {
+        if let Some(depth) = depth {
+            self.outbox_depth.store(depth, Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> ReporterStats {
         ReporterStats {
             outbox_depth: self.outbox_depth.load(Ordering::Relaxed),
@@ -126,7 +145,7 @@ impl Counters {
 
 /// State shared by the handles and the sender task.
 pub(crate) struct Shared {
-    pub store: LocalDb,
+    pub store: OutboxStore,
     pub client: Elasticsearch,
     pub clock: Arc<dyn Clock>,
     pub index: String,
@@ -169,23 +188,25 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    /// Validates `config`, creates this module's tables in `store`'s database, and starts the
-    /// sender task, which first delivers whatever an earlier run left in the outbox. Does not
-    /// contact Elasticsearch: a cluster that is down at start is not an error. Must run inside a
-    /// Tokio runtime.
+    /// Validates `config`, prepares the outbox in `store` (a [`crate::localdb::LocalDb`]'s
+    /// tables, or a [`RedisOutbox`]), and starts the sender task, which first delivers whatever
+    /// an earlier run left in the outbox. Does not contact Elasticsearch: a cluster that is down
+    /// at start is not an error. Must run inside a Tokio runtime.
     pub async fn start(
-        store: LocalDb,
+        store: impl Into<OutboxStore>,
         clock: Arc<dyn Clock>,
         config: ElasticConfig,
     ) -> Result<Reporter, ElasticError> {
         config.validate()?;
+        let store = store.into();
         let (url, auth) = config.effective();
         let client = client::build(url.clone(), &auth, config.request_timeout)?;
-        let depth = store.run(outbox::init).await?;
+        let depth = store.init().await?;
         tracing::info!(
             url = %url,
             index = %config.index,
             instance_id = %config.instance_id,
+            outbox = store.kind(),
             pending = depth,
             "elasticsearch reporter starting"
         );
@@ -229,8 +250,9 @@ impl Reporter {
     }
 
     /// Makes `doc` durable in the outbox and wakes the sender; returns the document's `_id`.
-    /// Costs one local redb commit (fsync), never a request to Elasticsearch. Also works after
-    /// [`Reporter::shutdown`]: the document then waits for the next start.
+    /// Costs one local redb commit (fsync), or two Redis round trips, never a request to
+    /// Elasticsearch. Also works after [`Reporter::shutdown`]: the document then waits for the
+    /// next start (on Redis, for any replica's sender).
     pub async fn enqueue(&self, doc: &ReportDocument) -> Result<String, ElasticError> {
         let source = serde_json::to_string(doc).map_err(|e| ElasticError::Encode(e.to_string()))?;
         let at = self.shared.clock.now();
@@ -246,11 +268,7 @@ impl Reporter {
         id: impl FnOnce(u64) -> String + Send + 'static,
     ) -> Result<String, ElasticError> {
         let max = self.shared.outbox_max;
-        let pushed = self
-            .shared
-            .store
-            .run(move |db| outbox::push(db, &source, max, id))
-            .await?;
+        let pushed = self.shared.store.push(source, max, id).await?;
         let counters = &self.shared.counters;
         counters.outbox_depth.fetch_add(1, Ordering::Relaxed);
         if pushed.dropped > 0 {
@@ -264,6 +282,7 @@ impl Reporter {
                 "elasticsearch outbox full; oldest report documents dropped unsent"
             );
         }
+        counters.observe_depth(pushed.depth);
         self.shared.wake.notify_one();
         Ok(pushed.id)
     }

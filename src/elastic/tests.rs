@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::test_support::{
-    all_docs, call, dead_letters, enqueue_raw, es, free_port, local_url, test_config, wait_until,
-    Osmem,
+    all_docs, call, enqueue_raw, es, free_port, local_url, test_config, wait_until, Osmem,
 };
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
 use crate::history::HistorySource;
+use crate::localdb::LocalDb;
 
 const INDEX: &str = ElasticConfig::DEFAULT_INDEX;
 const WAIT: Duration = Duration::from_secs(15);
@@ -402,12 +402,7 @@ async fn refused_documents_are_dead_lettered_and_the_rest_flows() {
     })
     .await;
 
-    let dead = reporter
-        .shared
-        .store
-        .run(|db| dead_letters(db, 10))
-        .await
-        .unwrap();
+    let dead = reporter.shared.store.dead_letters(10).await.unwrap();
     assert_eq!(
         dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         [bad_date.as_str(), bad_number.as_str()]
@@ -452,9 +447,8 @@ async fn full_outbox_drops_the_oldest() {
     let waiting: Vec<String> = reporter
         .shared
         .store
-        .run(|db| outbox::peek(db, 100))
+        .pending(100)
         .await
-        .unwrap()
         .into_iter()
         .map(|p| p.id)
         .collect();

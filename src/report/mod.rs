@@ -31,8 +31,8 @@ impl ReportService {
         Ok(entries)
     }
 
-    /// Writes the report's document to the local outbox (a redb commit, not a network call); the
-    /// sender task delivers it.
+    /// Writes the report's document to the outbox (a redb commit, or a Redis script in Redis
+    /// mode; never a call to Elasticsearch); the sender task delivers it.
     async fn queue_document(&self, reporter: &Reporter, entries: &[UrlStats]) {
         let totals = match self.stats.totals().await {
             Ok(totals) => totals,

@@ -66,6 +66,24 @@ impl Osmem {
             .collect()
     }
 
+    /// The `_id` of every document.
+    async fn ids(&self) -> Vec<String> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client
+            .post(format!("{}/classifier-reports/_search", self.url))
+            .json(&serde_json::json!({ "size": 1000 }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        body["hits"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     async fn wait_for_documents(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -178,4 +196,77 @@ async fn history_comes_from_the_report_documents_when_elasticsearch_is_configure
     assert_eq!(points.len(), 1, "{body}");
     assert_eq!(points[0]["requests"], 3, "{body}");
     assert!(points[0]["avg_processing_time"].as_f64().unwrap() > 0.0);
+}
+
+/// A replica with `--redis-url`: its outbox is the one in Redis under `prefix`. Every replica
+/// gets the same instance id, so only the shared sequence keeps their document ids apart.
+async fn redis_replica(
+    redis: &classifier_api::storage::redis_server::RedisServer,
+    es: &Osmem,
+) -> crate::helpers::TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        "p",
+        "--stats-flush-interval",
+        "10ms",
+        "--elasticsearch-url",
+        &es.url,
+        "--instance-id",
+        "same-host",
+    ];
+    let settings = test_settings(data_dir.path(), &args);
+    start_app(settings, FixtureServer::start().await, data_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_redis_deliver_each_report_document_once() {
+    let redis = classifier_api::storage::redis_server::RedisServer::start();
+    let es = Osmem::start("127.0.0.1:0");
+    let (a, b) = (
+        redis_replica(&redis, &es).await,
+        redis_replica(&redis, &es).await,
+    );
+    a.report().await;
+    b.report().await;
+    es.wait_for_documents(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids = es.ids().await;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "two documents, distinct ids: {ids:?}");
+    assert_eq!(es.documents().await.len(), 2, "none lost, none duplicated");
+    assert!(ids.iter().all(|id| id.starts_with("same-host-")), "{ids:?}");
+}
+
+/// Redis gone: `/report` answers 503 (the statistics are there) and queues nothing; once Redis
+/// is back on its port, the next report's document goes out without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_the_report_fails_cleanly_and_delivery_resumes_after() {
+    use classifier_api::storage::redis_server::RedisServer;
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let es = Osmem::start("127.0.0.1:0");
+    let app = redis_replica(&redis, &es).await;
+    app.report().await;
+    assert_eq!(es.wait_for_documents(1).await.len(), 1);
+    drop(redis);
+    let response = app.client.get(app.url("/report")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    redis = RedisServer::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/report").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the report never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(es.wait_for_documents(2).await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids = es.ids().await;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    drop(redis);
 }

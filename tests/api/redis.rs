@@ -284,3 +284,30 @@ async fn without_redis_token_and_secret_fail_closed_with_503_and_recover() {
     }
     assert_eq!(statuses, (200, 200), "back without a restart");
 }
+
+/// A rolling deploy onto one shared volume: in Redis mode the data dir is not opened, so two
+/// replicas on the same one both start (redb would refuse the second) and it stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_need_no_data_dir_of_their_own() {
+    let redis = RedisServer::start();
+    let shared = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str()];
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let settings = test_settings(shared.path(), &args);
+        let keep = tempfile::tempdir().unwrap();
+        apps.push(start_app(settings, FixtureServer::start().await, keep).await);
+    }
+    for app in &apps {
+        assert_eq!(
+            app.classify_fixture("/images/cat.bmp").await.0,
+            StatusCode::OK
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(shared.path()).unwrap().collect();
+    assert!(
+        files.is_empty(),
+        "nothing written to the data dir: {files:?}"
+    );
+}

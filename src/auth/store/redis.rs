@@ -105,7 +105,7 @@ impl RedisAuth {
     {
         guarded(&self.conn, self.timeout, &self.shared.1, call)
             .await
-            .map_err(AuthError::Unavailable)
+            .map_err(|e| AuthError::Unavailable(e.to_string()))
     }
 
     pub(super) async fn insert_user(

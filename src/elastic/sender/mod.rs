@@ -8,17 +8,21 @@
 //!
 //! - `bulk.rs`: the wire format (the NDJSON request, one outcome per document of the answer).
 //! - `backoff.rs`: the pause after a failure.
-//! - here: the task loop, one [`Sender::step`] (peek, template, deliver, settle) at a time.
+//! - here: the task loop, one [`Sender::step`] (turn, peek, template, deliver, settle) at a time.
+//!
+//! On a shared (Redis) outbox the step starts by taking (or renewing) the sender turn, so one
+//! replica sends at a time, and gives it up when the outbox is empty; an idle sender also looks
+//! again every poll interval, since other replicas enqueue without waking it.
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::outbox;
 use super::template::{self, TemplateOutcome};
-use super::Shared;
+use super::{ElasticError, Shared};
 use crate::clock::unix_millis;
 use backoff::Backoff;
 use bulk::{deliver, Delivery};
@@ -58,6 +62,10 @@ enum Next {
     Idle,
     /// Back off before the next attempt.
     Pause,
+    /// The outbox's storage failed: back off too, but on a shared outbox for at most one poll
+    /// interval, so that documents do not wait out an Elasticsearch-sized backoff (up to
+    /// `max_backoff`) after a Redis outage is over. Plain backoff for redb.
+    StorePause,
     /// Stop: the shutdown deadline passed, or every handle is gone.
     Stop,
 }
@@ -69,6 +77,8 @@ pub(crate) struct Sender {
     batch_size: usize,
     template_pending: bool,
     consecutive_failures: u64,
+    /// Whether this sender last got the turn (so it gives it back when it stops).
+    has_turn: bool,
 }
 
 impl Sender {
@@ -78,25 +88,28 @@ impl Sender {
             batch_size: shared.batch_size,
             template_pending: true,
             consecutive_failures: 0,
+            has_turn: false,
             shared,
             rx,
         }
     }
 
     /// Delivers until shutdown: then drains until the outbox is empty or the deadline passes.
-    /// Whatever is left stays in redb for the next start, which begins by delivering it.
+    /// Whatever is left stays in the outbox for the next start (on Redis, for any replica).
     pub(crate) async fn run(mut self) {
         loop {
             let go_on = match self.step().await {
                 Next::Again => true,
                 Next::Idle => self.idle().await,
-                Next::Pause => self.pause().await,
+                Next::Pause => self.pause(None).await,
+                Next::StorePause => self.pause(self.shared.store.poll_interval()).await,
                 Next::Stop => false,
             };
             if !go_on {
                 break;
             }
         }
+        self.end_turn().await;
         let depth = self.shared.counters.outbox_depth.load(Ordering::Relaxed);
         if depth == 0 {
             tracing::info!("elasticsearch reporter stopped; outbox empty");
@@ -110,21 +123,25 @@ impl Sender {
 
     /// One attempt at the oldest batch of the outbox.
     async fn step(&mut self) -> Next {
-        let limit = self.batch_size;
-        let peeked = bounded(
-            &mut self.rx,
-            self.shared.store.run(move |db| outbox::peek(db, limit)),
-        )
-        .await;
+        if let Some(next) = self.take_turn().await {
+            return next;
+        }
+        let peeked = bounded(&mut self.rx, self.shared.store.peek(self.batch_size)).await;
         let batch = match peeked {
             None => return Next::Stop,
-            Some(Ok(batch)) if batch.is_empty() => return Next::Idle,
-            Some(Ok(batch)) => batch,
+            Some(Ok(peeked)) => {
+                self.shared.counters.observe_depth(peeked.depth);
+                peeked.batch
+            }
             Some(Err(e)) => {
-                tracing::error!(error = %e, "elasticsearch outbox: cannot read pending documents");
-                return Next::Pause;
+                store_failed(&e, "elasticsearch outbox: cannot read pending documents");
+                return Next::StorePause;
             }
         };
+        if batch.is_empty() {
+            self.end_turn().await;
+            return Next::Idle;
+        }
         if self.template_pending {
             if let Some(next) = self.install_template().await {
                 return next;
@@ -150,6 +167,29 @@ impl Sender {
                 self.recovered();
                 Next::Again
             }
+        }
+    }
+
+    /// Takes or renews the turn to send. `None`: this sender has it, go on; otherwise what the
+    /// loop does instead (another replica has it: idle, and look again later).
+    async fn take_turn(&mut self) -> Option<Next> {
+        let ttl = turn_ttl(self.shared.request_timeout);
+        match bounded(&mut self.rx, self.shared.store.take_turn(ttl)).await {
+            None => Some(Next::Stop),
+            Some(Ok(held)) => {
+                self.has_turn = held;
+                (!held).then_some(Next::Idle)
+            }
+            Some(Err(e)) => {
+                store_failed(&e, "elasticsearch outbox: cannot take the sender turn");
+                Some(Next::StorePause)
+            }
+        }
+    }
+
+    async fn end_turn(&mut self) {
+        if std::mem::take(&mut self.has_turn) {
+            self.shared.store.end_turn().await;
         }
     }
 
@@ -188,19 +228,22 @@ impl Sender {
         if delivery.delivered.is_empty() && delivery.refused.is_empty() {
             return;
         }
-        let delivered = delivery.delivered.clone();
-        let refused = delivery.refused.clone();
         let now_ms = unix_millis(self.shared.clock.now());
-        let max = self.shared.outbox_max;
         let result = self
             .shared
             .store
-            .run(move |db| outbox::settle(db, &delivered, &refused, now_ms, max))
+            .settle(
+                delivery.delivered.clone(),
+                delivery.refused.clone(),
+                now_ms,
+                self.shared.outbox_max,
+            )
             .await;
         let counters = &self.shared.counters;
         match result {
             Ok(settled) => {
                 counters.sub_depth(settled.removed);
+                counters.observe_depth(settled.depth);
                 counters
                     .sent
                     .fetch_add(delivery.delivered.len() as u64, Ordering::Relaxed);
@@ -215,9 +258,10 @@ impl Sender {
                 }
             }
             // They stay in the outbox and go out again; the cluster answers 409 for those it has.
-            Err(e) => {
-                tracing::error!(error = %e, "elasticsearch outbox: cannot remove delivered documents; they will be sent again");
-            }
+            Err(e) => store_failed(
+                &e,
+                "elasticsearch outbox: cannot remove delivered documents; they will be sent again",
+            ),
         }
     }
 
@@ -246,10 +290,11 @@ impl Sender {
         self.backoff.reset();
     }
 
-    /// Sleeps for the next backoff delay. Returns false when the task must stop. A shutdown
-    /// request cuts the sleep short, so the drain starts with an immediate attempt.
-    async fn pause(&mut self) -> bool {
+    /// Sleeps for the next backoff delay (at most `cap`). Returns false when the task must stop.
+    /// A shutdown request cuts the sleep short, so the drain starts with an immediate attempt.
+    async fn pause(&mut self, cap: Option<Duration>) -> bool {
         let delay = self.backoff.next_delay();
+        let delay = cap.map_or(delay, |cap| delay.min(cap));
         if self.rx.borrow().is_some() {
             return bounded(&mut self.rx, tokio::time::sleep(delay))
                 .await
@@ -261,15 +306,41 @@ impl Sender {
         }
     }
 
-    /// Waits for a new document or a shutdown request. Returns false when the task must stop:
-    /// shutdown was requested and the outbox is empty, or every handle is gone.
+    /// Waits for a new document, the store's poll interval, or a shutdown request. Returns
+    /// false when the task must stop: shutdown was requested and there is nothing for this
+    /// sender to do, or every handle is gone.
     async fn idle(&mut self) -> bool {
         if self.rx.borrow_and_update().is_some() {
             return false;
         }
+        let poll = self.shared.store.poll_interval();
         tokio::select! {
             _ = self.shared.wake.notified() => true,
             changed = self.rx.changed() => changed.is_ok(),
+            () = sleep_or_never(poll) => true,
         }
+    }
+}
+
+/// How long a turn lasts unrenewed: a step is at most two requests (template, bulk) of
+/// `request_timeout` each plus quick outbox calls. Should a holder stall longer, the next one's
+/// overlap is harmless (`create` with fixed ids).
+fn turn_ttl(request_timeout: Duration) -> Duration {
+    request_timeout.saturating_mul(2) + Duration::from_secs(5)
+}
+
+async fn sleep_or_never(after: Option<Duration>) {
+    match after {
+        Some(after) => tokio::time::sleep(after).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The outbox's storage failed. A Redis outage is already logged once by the outbox's health,
+/// so per-retry lines stay at debug; a redb failure is an error every time, as it always was.
+fn store_failed(e: &ElasticError, what: &str) {
+    match e {
+        ElasticError::Redis(_) => tracing::debug!(error = %e, "{what}"),
+        _ => tracing::error!(error = %e, "{what}"),
     }
 }

@@ -1,37 +1,11 @@
-//! The persistent outbox and dead-letter tables. Every function here is blocking redb work: call
-//! it through [`crate::localdb::LocalDb::run`], never on an async worker thread.
+//! The outbox and dead-letter tables in this replica's redb file (embedded mode). Every function
+//! here is blocking redb work: [`super::OutboxStore`] calls it through
+//! [`crate::localdb::LocalDb::run`], never on an async worker thread.
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 
+use super::{Pending, Pushed, Settled};
 use crate::localdb::schema::{DEAD_LETTERS, ES_META, NEXT_SEQ, OUTBOX};
 use crate::localdb::DbError;
-
-/// A document waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub seq: u64,
-    pub id: String,
-    pub source: String,
-}
-
-/// Result of [`push`].
-#[derive(Debug)]
-pub(crate) struct Pushed {
-    pub id: String,
-    /// Oldest documents removed to respect the bound (0 or 1 in steady state).
-    pub dropped: u64,
-}
-
-/// Result of [`settle`].
-#[derive(Debug, Default)]
-pub(crate) struct Settled {
-    /// Rows that left the outbox (delivered or dead-lettered). Rows that were already gone
-    /// (dropped by the bound while in flight) are not counted.
-    pub removed: u64,
-    /// Rows moved to the dead-letter table.
-    pub dead_lettered: u64,
-    /// Oldest dead letters removed to respect the bound.
-    pub dead_dropped: u64,
-}
 
 /// Creates the tables, repairs the sequence if needed, and returns the outbox depth.
 pub(crate) fn init(db: &Database) -> Result<u64, DbError> {
@@ -74,7 +48,11 @@ pub(crate) fn push(
         let mut outbox = txn.open_table(OUTBOX)?;
         outbox.insert(seq, (id.as_str(), source))?;
         let dropped = trim(&mut outbox, max)?;
-        pushed = Pushed { id, dropped };
+        pushed = Pushed {
+            id,
+            dropped,
+            depth: None,
+        };
     }
     txn.commit()?;
     Ok(pushed)
