@@ -17,7 +17,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::clock::Clock;
 use crate::localdb::{DbError, LocalDb};
-use crate::redis_conn::RedisConn;
+pub use crate::redis_conn::RedisConn;
 
 mod agg;
 mod backend;
