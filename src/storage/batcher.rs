@@ -121,8 +121,9 @@ impl Batcher {
         (Batcher { shared }, task)
     }
 
-    /// Adds one successful request to the pending batch. Never blocks on I/O.
-    pub(crate) fn record(&self, url: &str, secs: f64) {
+    /// Adds one successful request, answered in Unix minute `minute`, to the pending batch. Never
+    /// blocks on I/O.
+    pub(crate) fn record(&self, url: &str, secs: f64, minute: u64) {
         let full = {
             let mut state = lock(&self.shared.state);
             if state.closed {
@@ -130,7 +131,7 @@ impl Batcher {
                 tracing::warn!("storage is shut down; dropping a request's statistics");
                 return;
             }
-            state.pending.record(url, secs);
+            state.pending.record(url, secs, minute);
             state.pending.requests >= self.shared.max_updates
         };
         if full {

@@ -24,6 +24,7 @@ mod backend;
 mod batcher;
 mod cache;
 mod dispatch;
+mod history;
 mod lease;
 mod memory;
 mod redb;
@@ -36,9 +37,12 @@ mod stats;
 mod tests;
 
 pub use agg::{Agg, StatsBatch};
-pub use backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend, TopSnapshot};
+pub use backend::{
+    CacheStore, CachedResult, Lease, MinuteSnapshot, StatsStore, StorageBackend, TopSnapshot,
+};
 pub use cache::ResultCache;
 pub use dispatch::Backend;
+pub use history::SharedHistory;
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 pub use redis::RedisBackend;
@@ -204,12 +208,12 @@ impl<B: StorageBackend> Storage<B> {
         Ok(Storage {
             cache: ResultCache::new(
                 Arc::clone(&backend),
-                clock,
+                Arc::clone(&clock),
                 config.cache_ttl,
                 config.cache_capacity,
                 config.cache_scope.clone(),
             ),
-            stats: Stats::new(Arc::clone(&backend), batcher.clone()),
+            stats: Stats::new(Arc::clone(&backend), batcher.clone(), clock),
             backend,
             batcher,
             shutdown,
@@ -228,6 +232,14 @@ impl<B: StorageBackend> Storage<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// `/report/history` for every replica, when the backend keeps per-minute figures (Redis);
+    /// `None` otherwise, and this process's ring is the one to ask.
+    pub fn shared_history(&self) -> Option<Arc<dyn crate::history::HistorySource>> {
+        self.backend
+            .keeps_minutes()
+            .then(|| Arc::new(SharedHistory::new(self.stats.clone())) as _)
     }
 
     /// Applies every request recorded so far and waits for it.
