@@ -23,6 +23,8 @@ pub const CACHE_EXPIRED: &str = "classifier_cache_expired_total";
 pub const LOGIN_FAILURES: &str = "classifier_login_failures_total";
 /// 1 while the shared store (Redis, with `--redis-url`) answers, 0 during an outage.
 pub const STORAGE_UP: &str = "classifier_storage_up";
+/// Requests left out of the statistics because too many URLs waited for an apply (an outage).
+pub const STATS_DROPPED: &str = "classifier_stats_dropped_total";
 /// 1, labelled with the model's SHA-256, name, format and resize filter (see `GET /model`).
 pub const MODEL_INFO: &str = "classifier_model_info";
 pub const ES_OUTBOX_DEPTH: &str = "classifier_es_outbox_depth";
@@ -174,6 +176,10 @@ fn describe() {
         "lookups by content hash (uploads, and downloads that missed the URL cache) by outcome"
     );
     describe_counter!(CACHE_EXPIRED, "cache entries found expired on read");
+    describe_counter!(
+        STATS_DROPPED,
+        "requests left out of /report and /report/history: too many URLs waiting while the store did not answer"
+    );
     describe_counter!(LOGIN_FAILURES, "failed POST /token by reason");
     describe_gauge!(
         ES_OUTBOX_DEPTH,

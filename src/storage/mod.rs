@@ -92,6 +92,10 @@ pub struct StorageConfig {
     pub flush_interval: Duration,
     /// ... or as soon as this many requests are pending, whichever comes first.
     pub flush_max_updates: usize,
+    /// While applies fail (a Redis outage), at most this many URL rows wait in memory (about
+    /// 200 bytes each with a typical URL); requests that need another are dropped and counted.
+    /// Far above what one flush interval gathers, so it only bites during an outage.
+    pub max_pending_urls: usize,
     /// How often expired cache rows are deleted (backends without native expiry).
     pub purge_interval: Duration,
     /// Rows deleted per purge transaction, so a large backlog never makes one huge commit.
@@ -109,6 +113,7 @@ impl Default for StorageConfig {
             cache_capacity: 100_000,
             flush_interval: Duration::from_millis(100),
             flush_max_updates: 1024,
+            max_pending_urls: 100_000,
             purge_interval: Duration::from_secs(300),
             purge_batch: 10_000,
             cache_scope: String::new(),
@@ -197,13 +202,8 @@ impl<B: StorageBackend> Storage<B> {
         // Continue the sequence the backend holds: readers compare it with their snapshot's.
         let (_, last_seq) = backend.totals().await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (batcher, batcher_task) = Batcher::start(
-            Arc::clone(&backend),
-            last_seq,
-            config.flush_interval,
-            config.flush_max_updates,
-            shutdown_rx.clone(),
-        );
+        let (batcher, batcher_task) =
+            Batcher::start(Arc::clone(&backend), last_seq, &config, shutdown_rx.clone());
         let backend_tasks = backend.start_tasks(&config, shutdown_rx);
         Ok(Storage {
             cache: ResultCache::new(

@@ -1043,6 +1043,73 @@ async fn redis_down_is_an_error_then_it_recovers() {
     drop(server);
 }
 
+/// `classifier_stats_dropped_total` as this process's recorder renders it (0 before the first).
+fn stats_dropped(metrics: &metrics_exporter_prometheus::PrometheusHandle) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("classifier_stats_dropped_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// During an outage the batcher keeps at most `max_pending_urls` rows: requests for more URLs
+/// are dropped and counted; what was kept is applied, exactly, once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_buffers_up_to_the_bound_and_applies_it_when_back() {
+    let metrics = crate::metrics::install().expect("this test binary's only recorder");
+    let dropped_before = stats_dropped(&metrics);
+    let server = redis_server::RedisServer::start();
+    let port = server.port;
+    let conn = RedisConn::single(server.client(), ms(300)).unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_719_600));
+    let backend = RedisBackend::new(conn, "p", Arc::new(clock.clone()), ms(300));
+    let cfg = StorageConfig {
+        max_pending_urls: 3,
+        ..config()
+    };
+    let storage = Storage::start(backend, Arc::new(clock.clone()), cfg)
+        .await
+        .unwrap();
+    drop(server);
+    let stats = storage.stats();
+    for u in ["a", "b", "c", "d", "e", "a"] {
+        stats.record(&url(&format!("http://o/{u}")), ms(100));
+    }
+    assert!(matches!(storage.flush().await, Err(StorageError::Redis(_))));
+    assert_eq!(stats_dropped(&metrics) - dropped_before, 2, "d and e");
+    let _server = redis_server::RedisServer::start_on(port);
+    let mut back = false;
+    for _ in 0..50 {
+        if storage.flush().await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert!(back, "applied once Redis is back");
+    let (stored, _) = storage.backend().totals().await.unwrap();
+    assert_eq!(stored.count, 4);
+    let top: Vec<_> = stats
+        .top(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.image_url.unwrap(), r.count))
+        .collect();
+    assert_eq!(
+        top,
+        [("http://o/a", 2), ("http://o/b", 1), ("http://o/c", 1)].map(|(u, c)| (u.to_owned(), c))
+    );
+    let now = crate::history::unix_minute(clock.now());
+    let minutes = storage.backend().minutes(now, now).await.unwrap().minutes;
+    assert_eq!(minutes[0].1.count, 4);
+    // Room again: a new URL is kept.
+    stats.record(&url("http://o/f"), ms(100));
+    storage.flush().await.unwrap();
+    assert_eq!(stats_dropped(&metrics) - dropped_before, 2);
+    storage.shutdown().await.unwrap();
+}
+
 /// A Redis Cluster is one store too: single-key commands go to their slot's node, and the
 /// statistics scripts' keys share one hash tag, so each script runs on one node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
