@@ -1,10 +1,33 @@
 //! Two replicas on one Redis (`--redis-url`): one cache, one single flight, one report.
-use crate::helpers::{error_code, start_app, test_settings, FixtureServer, TestApp};
+use crate::helpers::{
+    error_code, start_app, start_app_with_clock, test_settings, FixtureServer, TestApp,
+};
+use classifier_api::clock::ManualClock;
 use classifier_api::storage::redis_server::RedisServer;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use warp::http::StatusCode;
 
 async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
     replica_with(redis, prefix, &[]).await
+}
+
+/// A replica on `clock` (the one that dates each request's minute).
+async fn replica_on(redis: &RedisServer, prefix: &str, clock: &ManualClock) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        prefix,
+        "--stats-flush-interval",
+        "10ms",
+    ];
+    let settings = test_settings(data_dir.path(), &args);
+    let fixtures = FixtureServer::start().await;
+    start_app_with_clock(settings, fixtures, data_dir, Arc::new(clock.clone())).await
 }
 
 async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestApp {
@@ -283,4 +306,81 @@ async fn without_redis_token_and_secret_fail_closed_with_503_and_recover() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(statuses, (200, 200), "back without a restart");
+}
+
+async fn history(app: &TestApp) -> (StatusCode, Value) {
+    app.get("/report/history?minutes=60").await
+}
+
+/// `/report/history` on Redis is the fleet's: every replica answers the same figures, from
+/// Redis; while Redis is gone it says 503 (as `/report` does), and it recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_answer_one_fleet_history_and_503_while_redis_is_gone() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    // 2026-11-26T19:00:10Z, then 19:02:10Z: two minutes with traffic, one quiet between.
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_719_610));
+    let (a, b) = (
+        replica_on(&redis, "h", &clock).await,
+        replica_on(&redis, "h", &clock).await,
+    );
+    assert_eq!(
+        a.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.classify_fixture("/images/bird.bmp").await.0,
+        StatusCode::OK
+    );
+    clock.advance(Duration::from_secs(120));
+    assert_eq!(
+        b.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
+    let minutes = |body: &Value| -> Vec<(String, u64)> {
+        body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["minute"].as_str().unwrap().to_owned(),
+                    p["requests"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        ("2026-11-26T19:00:00Z".to_owned(), 2),
+        ("2026-11-26T19:02:00Z".to_owned(), 1),
+    ];
+    let mut seen = (Value::Null, Value::Null);
+    for _ in 0..100 {
+        seen = (history(&a).await.1, history(&b).await.1);
+        if minutes(&seen.0) == expected && seen.0 == seen.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(minutes(&seen.0), expected, "{}", seen.0);
+    assert_eq!(seen.0, seen.1, "identical on both replicas");
+    assert_eq!(seen.0["source"], "redis");
+
+    drop(redis);
+    let response = a.client.get(a.url("/report/history")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "storage_unavailable");
+
+    let _redis = RedisServer::start_on(port);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = history(&a).await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "back by itself");
 }
