@@ -140,6 +140,7 @@ fn with_handle<K: Eq + std::hash::Hash, H>(
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_storage();
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     describe_gauge!(
         MODEL_INFO,
@@ -163,10 +164,6 @@ fn describe() {
     );
     describe_histogram!(INFERENCE_BATCH, "images per TensorFlow session run");
     describe_gauge!(INFERENCE_QUEUE, "images waiting for the inference thread");
-    describe_gauge!(
-        STORAGE_UP,
-        "1 while the shared store (Redis) answers, 0 during an outage"
-    );
     describe_counter!(
         CACHE_LOOKUPS,
         "classifications by outcome: fresh (miss), memory_hit, disk_hit, joined (single flight)"
@@ -176,10 +173,6 @@ fn describe() {
         "lookups by content hash (uploads, and downloads that missed the URL cache) by outcome"
     );
     describe_counter!(CACHE_EXPIRED, "cache entries found expired on read");
-    describe_counter!(
-        STATS_DROPPED,
-        "requests left out of /report and /report/history: too many URLs waiting while the store did not answer"
-    );
     describe_counter!(LOGIN_FAILURES, "failed POST /token by reason");
     describe_gauge!(
         ES_OUTBOX_DEPTH,
@@ -200,5 +193,18 @@ fn describe() {
     describe_gauge!(
         ES_DROPPED,
         "report documents dropped from a full outbox since start"
+    );
+}
+
+/// The shared store's: its health, and what its outages cost.
+fn describe_storage() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        STORAGE_UP,
+        "1 while the shared store (Redis) answers, 0 during an outage"
+    );
+    describe_counter!(
+        STATS_DROPPED,
+        "requests left out of /report and /report/history: too many URLs waiting while the store did not answer"
     );
 }

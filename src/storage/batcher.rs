@@ -13,8 +13,8 @@
 //! While applies fail (a Redis outage), requests keep gathering here, up to `max_pending_urls`
 //! URL rows in all (pending and unapplied): a request that would need another row is dropped
 //! and counted (`classifier_stats_dropped_total`), with one warning when dropping starts and one
-//! line when an apply succeeds again. Requests for URLs already waiting are always kept: they
-//! cost no memory.
+//! line when an apply succeeds again. Requests for URLs already in the pending batch are always
+//! kept: they cost no memory.
 //!
 //! Every batch carries a sequence number that the backend stores with it. A failed batch is
 //! retried under its own number before anything newer, so a retry after an apply whose success

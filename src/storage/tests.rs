@@ -1157,4 +1157,7 @@ async fn redis_cluster_replicas_share_results_leases_and_statistics() {
         (2, 2)
     );
     assert_eq!(a.totals().await.unwrap().0.count, 4);
+    // The minute keys are in the script's slot too, and one MGET reads them.
+    let minutes = b.minutes(0, 2).await.unwrap();
+    assert_eq!((minutes.minutes.len(), minutes.minutes[0].1.count), (1, 4));
 }
