@@ -312,6 +312,31 @@ async fn history(app: &TestApp) -> (StatusCode, Value) {
     app.get("/report/history?minutes=60").await
 }
 
+/// (minute, requests) of a `/report/history` answer.
+fn minutes(body: &Value) -> Vec<(String, u64)> {
+    let points = body["points"].as_array().unwrap();
+    points
+        .iter()
+        .map(|p| {
+            let minute = p["minute"].as_str().unwrap().to_owned();
+            (minute, p["requests"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Both replicas' histories once they agree on `expected` (statistics flush every 10 ms).
+async fn agreed_history(a: &TestApp, b: &TestApp, expected: &[(String, u64)]) -> (Value, Value) {
+    let mut seen = (Value::Null, Value::Null);
+    for _ in 0..100 {
+        seen = (history(a).await.1, history(b).await.1);
+        if minutes(&seen.0) == expected && seen.0 == seen.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
 /// `/report/history` on Redis is the fleet's: every replica answers the same figures, from
 /// Redis; while Redis is gone it says 503 (as `/report` does), and it recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,34 +362,12 @@ async fn replicas_answer_one_fleet_history_and_503_while_redis_is_gone() {
         b.classify_fixture("/images/cat.bmp").await.0,
         StatusCode::OK
     );
-    let minutes = |body: &Value| -> Vec<(String, u64)> {
-        body["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["minute"].as_str().unwrap().to_owned(),
-                    p["requests"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let expected = vec![
-        ("2026-11-26T19:00:00Z".to_owned(), 2),
-        ("2026-11-26T19:02:00Z".to_owned(), 1),
-    ];
-    let mut seen = (Value::Null, Value::Null);
-    for _ in 0..100 {
-        seen = (history(&a).await.1, history(&b).await.1);
-        if minutes(&seen.0) == expected && seen.0 == seen.1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(minutes(&seen.0), expected, "{}", seen.0);
-    assert_eq!(seen.0, seen.1, "identical on both replicas");
-    assert_eq!(seen.0["source"], "redis");
+    let expected =
+        [("2026-11-26T19:00:00Z", 2), ("2026-11-26T19:02:00Z", 1)].map(|(m, n)| (m.to_owned(), n));
+    let (on_a, on_b) = agreed_history(&a, &b, &expected).await;
+    assert_eq!(minutes(&on_a), expected, "{on_a}");
+    assert_eq!(on_a, on_b, "identical on both replicas");
+    assert_eq!(on_a["source"], "redis");
 
     drop(redis);
     let response = a.client.get(a.url("/report/history")).send().await.unwrap();
