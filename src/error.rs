@@ -8,6 +8,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 
 use crate::auth::AuthError;
+use crate::history::Unavailable;
 use crate::ratelimit::Refused;
 use crate::storage::StorageError;
 
@@ -182,6 +183,20 @@ impl From<StorageError> for ApiError {
             }
             e => {
                 tracing::error!(error = %e, "storage failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+/// A history source without a stand-in that failed: a storage error keeps its meaning (a Redis
+/// outage is `storage_unavailable`, as for `/report`); anything else is a bug.
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        match e.cause.downcast::<StorageError>() {
+            Ok(storage) => Self::from(*storage),
+            Err(cause) => {
+                tracing::error!(error = %cause, source = e.source_name, "history source failed");
                 Self::Internal
             }
         }

@@ -23,6 +23,8 @@ pub const CACHE_EXPIRED: &str = "classifier_cache_expired_total";
 pub const LOGIN_FAILURES: &str = "classifier_login_failures_total";
 /// 1 while the shared store (Redis, with `--redis-url`) answers, 0 during an outage.
 pub const STORAGE_UP: &str = "classifier_storage_up";
+/// Requests left out of the statistics because too many URLs waited for an apply (an outage).
+pub const STATS_DROPPED: &str = "classifier_stats_dropped_total";
 /// 1, labelled with the model's SHA-256, name, format and resize filter (see `GET /model`).
 pub const MODEL_INFO: &str = "classifier_model_info";
 pub const ES_OUTBOX_DEPTH: &str = "classifier_es_outbox_depth";
@@ -138,6 +140,7 @@ fn with_handle<K: Eq + std::hash::Hash, H>(
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_storage();
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     describe_gauge!(
         MODEL_INFO,
@@ -161,10 +164,6 @@ fn describe() {
     );
     describe_histogram!(INFERENCE_BATCH, "images per TensorFlow session run");
     describe_gauge!(INFERENCE_QUEUE, "images waiting for the inference thread");
-    describe_gauge!(
-        STORAGE_UP,
-        "1 while the shared store (Redis) answers, 0 during an outage"
-    );
     describe_counter!(
         CACHE_LOOKUPS,
         "classifications by outcome: fresh (miss), memory_hit, disk_hit, joined (single flight)"
@@ -194,5 +193,18 @@ fn describe() {
     describe_gauge!(
         ES_DROPPED,
         "report documents dropped from a full outbox since start"
+    );
+}
+
+/// The shared store's: its health, and what its outages cost.
+fn describe_storage() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        STORAGE_UP,
+        "1 while the shared store (Redis) answers, 0 during an outage"
+    );
+    describe_counter!(
+        STATS_DROPPED,
+        "requests left out of /report and /report/history: too many URLs waiting while the store did not answer"
     );
 }

@@ -68,6 +68,7 @@ impl Application {
                 .context("starting the storage layer")?;
         let auth = build_auth(&settings, auth_store(&settings, &home), clock.clone()).await?;
         let (reporter, history) = build_monitoring(&settings, &identity, &home, clock).await?;
+        let history = fleet_history(&storage, history);
         let fetch_timeout: Duration = settings.fetch_timeout.into();
         let pipeline = build_pipeline(&settings).await?;
         let model = ModelInfo::new(&identity, pipeline.classifier.labels().len());
@@ -417,6 +418,12 @@ async fn build_monitoring(
         None => History::in_memory(clock),
     };
     Ok((reporter, history))
+}
+
+/// With `--redis-url`, `/report/history` answers for the whole fleet from Redis, ahead of
+/// Elasticsearch and the ring (each knows only this replica); during an outage it answers 503.
+fn fleet_history(storage: &Storage, local: History) -> History {
+    storage.shared_history().map_or(local, History::shared)
 }
 
 fn storage_config(settings: &Settings, identity: &ModelIdentity) -> StorageConfig {

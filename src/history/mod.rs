@@ -6,15 +6,17 @@
 //!   updated by every successful classify request. It is always there: it is the source when
 //!   nothing else is configured, and the fallback when the configured source fails.
 //! - [`History`]: records into the ring and answers from the configured source. Other sources
-//!   (the report documents in Elasticsearch) implement [`HistorySource`] in their own module and
-//!   are handed in at startup, so this module knows none of them.
+//!   (the report documents in Elasticsearch, the fleet's figures in Redis) implement
+//!   [`HistorySource`] in their own module and are handed in at startup, so this module knows
+//!   none of them.
 //!
 //! Minutes are wall-clock minutes of the injected [`Clock`] (UTC, aligned to :00 seconds), taken
 //! when the request is answered, so tests can move time forward instead of sleeping.
 use futures_util::future::BoxFuture;
 use serde::Serialize;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 
@@ -38,8 +40,46 @@ pub struct HistoryPoint {
     pub avg_processing_time: f64,
 }
 
-/// Why a source could not answer. Only logged (the ring answers instead), so any error will do.
+impl HistoryPoint {
+    /// The point of Unix minute `minute` with `requests` taking `sum_secs` in all; `None` for a
+    /// minute without traffic (left out of every answer).
+    pub fn new(minute: u64, requests: u64, sum_secs: f64) -> Option<HistoryPoint> {
+        (requests > 0).then(|| HistoryPoint {
+            minute: format_minute(minute),
+            requests,
+            avg_processing_time: sum_secs / requests as f64,
+        })
+    }
+}
+
+/// Why a source could not answer: logged when the ring stands in, else handed to the caller
+/// (a source's own error type, e.g. the storage layer's, can be downcast from it).
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The configured source failed and nothing stands in for it (see [`History::shared`]).
+#[derive(Debug, thiserror::Error)]
+#[error("history source {source_name} failed: {cause}")]
+pub struct Unavailable {
+    pub source_name: &'static str,
+    pub cause: SourceError,
+}
+
+/// Minutes since the Unix epoch (0 before it): the unit every source keys its figures by.
+pub fn unix_minute(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+/// Start of a Unix minute, RFC 3339 in UTC.
+pub fn format_minute(minute: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(minute * 60);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The Unix minutes of the last `minutes` (capped to 1..=[`MAX_MINUTES`]) ending with `now`.
+pub fn window(now: u64, minutes: u32) -> RangeInclusive<u64> {
+    now.saturating_sub(u64::from(minutes.clamp(1, MAX_MINUTES)) - 1)..=now
+}
 
 /// Where the points of `/report/history` come from. Behind an `Arc<dyn _>` (chosen once at
 /// startup), hence the boxed future: a query that may cross the network costs far more.
@@ -54,10 +94,11 @@ pub trait HistorySource: Send + Sync {
 
 /// Records every successful request into the memory ring and answers history queries from the
 /// configured source. The ring keeps recording whatever the source (it costs a mutex and an
-/// add), so it can answer when that source cannot. Cheap to clone.
+/// add), so it can answer when that source cannot; a [`History::shared`] has none. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct History {
-    ring: MemoryHistory,
+    ring: Option<MemoryHistory>,
     source: Arc<dyn HistorySource>,
 }
 
@@ -67,33 +108,50 @@ impl History {
         let ring = MemoryHistory::new(clock);
         History {
             source: Arc::new(ring.clone()),
-            ring,
+            ring: Some(ring),
         }
     }
 
     /// History served by `source`, still recorded in memory.
     pub fn with_source(clock: Arc<dyn Clock>, source: Arc<dyn HistorySource>) -> History {
         History {
-            ring: MemoryHistory::new(clock),
+            ring: Some(MemoryHistory::new(clock)),
             source,
         }
     }
 
+    /// History served by a `source` that records the requests itself (the fleet's figures in
+    /// Redis, fed with the statistics), without a ring: this process's figures are no stand-in
+    /// for the fleet's, so when it fails, [`History::points`] says so.
+    pub fn shared(source: Arc<dyn HistorySource>) -> History {
+        History { ring: None, source }
+    }
+
     /// Records one successful request answered now that took `processing_time`.
     pub fn record(&self, processing_time: Duration) {
-        self.ring.record(processing_time);
+        if let Some(ring) = &self.ring {
+            ring.record(processing_time);
+        }
     }
 
     /// See [`HistorySource::points`], and the name of the source that answered. When the
     /// configured source cannot answer, this instance's memory ring does (the dashboard keeps
-    /// working; the log says why).
-    pub async fn points(&self, minutes: u32) -> (&'static str, Vec<HistoryPoint>) {
-        match self.source.points(minutes).await {
-            Ok(points) => (self.source.name(), points),
-            Err(e) => {
-                tracing::warn!(error = %e, source = self.source.name(), "history source failed; answering from memory");
-                (self.ring.name(), self.ring.window(minutes))
+    /// working; the log says why); without a ring, the error is the caller's.
+    pub async fn points(
+        &self,
+        minutes: u32,
+    ) -> Result<(&'static str, Vec<HistoryPoint>), Unavailable> {
+        let name = self.source.name();
+        match (self.source.points(minutes).await, &self.ring) {
+            (Ok(points), _) => Ok((name, points)),
+            (Err(e), Some(ring)) => {
+                tracing::warn!(error = %e, source = name, "history source failed; answering from memory");
+                Ok((ring.name(), ring.window(minutes)))
             }
+            (Err(cause), None) => Err(Unavailable {
+                source_name: name,
+                cause,
+            }),
         }
     }
 }
@@ -140,9 +198,9 @@ mod tests {
     #[tokio::test]
     async fn history_serves_the_memory_ring_as_source_memory() {
         let history = History::in_memory(Arc::new(clock()));
-        assert!(history.points(60).await.1.is_empty());
+        assert!(history.points(60).await.unwrap().1.is_empty());
         history.record(Duration::from_millis(40));
-        let (source, points) = history.points(60).await;
+        let (source, points) = history.points(60).await.unwrap();
         assert_eq!(source, "memory");
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].minute, "2026-11-26T19:00:00Z");
@@ -153,16 +211,41 @@ mod tests {
     async fn a_configured_source_answers_and_the_ring_stands_in_when_it_fails() {
         let history = History::with_source(Arc::new(clock()), Arc::new(Fixed));
         history.record(Duration::from_millis(40));
-        let (source, points) = history.points(7).await;
+        let (source, points) = history.points(7).await.unwrap();
         assert_eq!((source, points[0].requests), ("fixed", 7));
 
         let history = History::with_source(Arc::new(clock()), Arc::new(Down));
         history.record(Duration::from_millis(40));
         history.record(Duration::from_millis(60));
-        let (source, points) = history.points(60).await;
+        let (source, points) = history.points(60).await.unwrap();
         assert_eq!(source, "memory");
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].requests, 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_source_has_no_stand_in_its_failure_is_the_callers() {
+        let history = History::shared(Arc::new(Down));
+        history.record(Duration::from_millis(40));
+        let e = history.points(60).await.unwrap_err();
+        assert_eq!(e.source_name, "down");
+        assert_eq!(e.cause.to_string(), "unreachable");
+        let (source, _) = History::shared(Arc::new(Fixed)).points(3).await.unwrap();
+        assert_eq!(source, "fixed");
+    }
+
+    #[test]
+    fn a_window_is_the_last_n_minutes_capped_to_a_day() {
+        assert_eq!(window(100, 1), 100..=100);
+        assert_eq!(window(100, 60), 41..=100);
+        assert_eq!(window(100, 0), 100..=100);
+        assert_eq!(window(5000, u32::MAX), 3561..=5000);
+        assert_eq!(window(3, 60), 0..=3);
+        assert_eq!(HistoryPoint::new(7, 0, 0.0), None);
+        assert_eq!(
+            format_minute(unix_minute(SystemTime::UNIX_EPOCH)),
+            "1970-01-01T00:00:00Z"
+        );
     }
 
     #[test]

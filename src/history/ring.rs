@@ -3,9 +3,9 @@
 //! only: it starts empty at each start; the durable per-URL figures stay in `stats`.
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::{HistoryPoint, HistorySource, SourceError, MAX_MINUTES};
+use super::{unix_minute, window, HistoryPoint, HistorySource, SourceError, MAX_MINUTES};
 use crate::clock::Clock;
 
 /// The per-minute ring. Slot `m % MAX_MINUTES` holds minute `m` (minutes since the Unix epoch);
@@ -54,17 +54,16 @@ impl MemoryHistory {
 
     /// See [`HistorySource::points`]; `minutes` is capped at [`MAX_MINUTES`]. Never fails.
     pub fn window(&self, minutes: u32) -> Vec<HistoryPoint> {
-        let now = unix_minute(self.clock.now());
-        let first = now.saturating_sub(u64::from(minutes.clamp(1, MAX_MINUTES)) - 1);
+        let window = window(unix_minute(self.clock.now()), minutes);
         let slots = self.lock();
-        (first..=now)
+        window
             .filter_map(|minute| {
                 let slot = slots[index(minute)];
-                (slot.minute == minute && slot.requests > 0).then(|| HistoryPoint {
-                    minute: format_minute(minute),
-                    requests: slot.requests,
-                    avg_processing_time: slot.sum_secs / slot.requests as f64,
-                })
+                // A slot still holding an older minute says nothing about this one.
+                if slot.minute != minute {
+                    return None;
+                }
+                HistoryPoint::new(minute, slot.requests, slot.sum_secs)
             })
             .collect()
     }
@@ -89,19 +88,10 @@ fn index(minute: u64) -> usize {
     (minute % u64::from(MAX_MINUTES)) as usize
 }
 
-fn unix_minute(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 60)
-}
-
-fn format_minute(minute: u64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(minute * 60);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     use crate::clock::ManualClock;
 

@@ -16,8 +16,8 @@ pub const DEFAULT_MINUTES: u32 = 60;
 
 #[derive(Serialize)]
 struct HistoryResponse {
-    /// `elasticsearch` (the report documents) when it is configured and answers, else `memory`
-    /// (this process's ring).
+    /// `redis` (the fleet's figures) with `--redis-url`; else `elasticsearch` (the report
+    /// documents) when it is configured and answers, else `memory` (this process's ring).
     source: &'static str,
     minutes: u32,
     /// Oldest first; minutes without traffic are left out.
@@ -44,12 +44,14 @@ async fn handle(admitted: Result<(), ApiError>, query: String, history: History)
         Ok(m) => m,
         Err(e) => return error_response(&e),
     };
-    let (source, points) = history.points(minutes).await;
-    json_response(&HistoryResponse {
-        source,
-        minutes,
-        points,
-    })
+    match history.points(minutes).await {
+        Ok((source, points)) => json_response(&HistoryResponse {
+            source,
+            minutes,
+            points,
+        }),
+        Err(e) => error_response(&ApiError::from(e)),
+    }
 }
 
 /// `minutes` from the query string: a whole number in 1..=1440, 60 when absent. Other parameters

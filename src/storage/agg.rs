@@ -1,6 +1,6 @@
 //! The numbers behind `/report`: count, min, max and sum of processing times, and the batch of them
 //! a replica hands its statistics backend.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{report_subject, Totals, UrlStats};
 
@@ -71,12 +71,15 @@ impl Agg {
     }
 }
 
-/// Statistics gathered between two flushes, aggregated per URL: what [`super::StatsStore::apply`]
-/// writes in one atomic step.
+/// Statistics gathered between two flushes, aggregated per URL and per minute: what
+/// [`super::StatsStore::apply`] writes in one atomic step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsBatch {
     pub per_url: HashMap<String, Agg>,
     pub totals: Option<Agg>,
+    /// By Unix minute of answering (`/report/history`): one or two entries per batch, one per
+    /// minute while applies fail. Backends without per-minute figures ignore it.
+    pub per_minute: BTreeMap<u64, Agg>,
     /// Requests recorded into this batch (the flush-early threshold counts them).
     pub requests: usize,
 }
@@ -86,7 +89,8 @@ impl StatsBatch {
         self.requests == 0
     }
 
-    pub fn record(&mut self, url: &str, secs: f64) {
+    /// One request for `url` that took `secs`, answered in Unix minute `minute`.
+    pub fn record(&mut self, url: &str, secs: f64, minute: u64) {
         let one = Agg::one(secs);
         match self.per_url.get_mut(url) {
             Some(agg) => agg.merge(&one),
@@ -95,6 +99,10 @@ impl StatsBatch {
             }
         }
         self.totals.get_or_insert(Agg::EMPTY).merge(&one);
+        self.per_minute
+            .entry(minute)
+            .or_insert(Agg::EMPTY)
+            .merge(&one);
         self.requests += 1;
     }
 
@@ -109,6 +117,12 @@ impl StatsBatch {
         if let Some(t) = &other.totals {
             self.totals.get_or_insert(Agg::EMPTY).merge(t);
         }
+        for (minute, delta) in &other.per_minute {
+            self.per_minute
+                .entry(*minute)
+                .or_insert(Agg::EMPTY)
+                .merge(delta);
+        }
         self.requests += other.requests;
     }
 }
@@ -120,14 +134,20 @@ mod tests {
     #[test]
     fn merge_is_exact_and_empty_reports_zero() {
         let mut batch = StatsBatch::default();
-        batch.record("a", 0.25);
-        batch.record("a", 1.5);
-        batch.record("b", 0.5);
+        batch.record("a", 0.25, 7);
+        batch.record("a", 1.5, 8);
+        batch.record("b", 0.5, 8);
         let mut other = StatsBatch::default();
-        other.record("a", 0.125);
+        other.record("a", 0.125, 8);
         batch.merge(&other);
         let a = batch.per_url["a"];
         assert_eq!((a.count, a.min, a.max, a.sum), (3, 0.125, 1.5, 1.875));
+        let minutes: Vec<_> = batch
+            .per_minute
+            .iter()
+            .map(|(m, a)| (*m, a.count, a.sum))
+            .collect();
+        assert_eq!(minutes, vec![(7, 1, 0.25), (8, 3, 2.125)]);
         assert_eq!(batch.requests, 4);
         assert_eq!(batch.totals.unwrap().totals().avg_processing_time, 0.59375);
         assert_eq!(Agg::EMPTY.totals().min_processing_time, 0.0);

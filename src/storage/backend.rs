@@ -47,6 +47,15 @@ pub struct TopSnapshot {
     pub seq: u64,
 }
 
+/// Stored per-minute figures, from one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MinuteSnapshot {
+    /// Minutes with any request, oldest first: (Unix minute, its requests).
+    pub minutes: Vec<(u64, Agg)>,
+    /// The last batch sequence number applied in this snapshot (0: none yet).
+    pub seq: u64,
+}
+
 /// Classification results by key.
 pub trait CacheStore: Send + Sync + 'static {
     /// The entry stored under `key`, expired or not (the caller judges expiry). Must reflect
@@ -99,6 +108,23 @@ pub trait StatsStore: Send + Sync + 'static {
 
     /// Totals over every URL, with the snapshot's sequence number.
     fn totals(&self) -> impl Future<Output = Result<(Agg, u64), StorageError>> + Send;
+
+    /// Whether `apply` keeps the batches' per-minute figures for [`StatsStore::minutes`]. Only a
+    /// store shared by replicas needs them (it serves `/report/history` for the fleet); for one
+    /// process, its memory ring already has them.
+    fn keeps_minutes(&self) -> bool {
+        false
+    }
+
+    /// The per-minute figures of Unix minutes `first..=last` that have any requests, with the
+    /// snapshot's sequence number. Empty from a store that does not keep them.
+    fn minutes(
+        &self,
+        _first: u64,
+        _last: u64,
+    ) -> impl Future<Output = Result<MinuteSnapshot, StorageError>> + Send {
+        async { Ok(MinuteSnapshot::default()) }
+    }
 }
 
 /// A backend with the background work it needs (none by default).

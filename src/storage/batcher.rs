@@ -10,6 +10,12 @@
 //! flush interval (100 ms by default). A SIGKILL can lose at most the last interval's requests
 //! (plus, while applies are failing, the batch being retried); a graceful shutdown loses nothing.
 //!
+//! While applies fail (a Redis outage), requests keep gathering here, up to `max_pending_urls`
+//! URL rows in all (pending and unapplied): a request that would need another row is dropped
+//! and counted (`classifier_stats_dropped_total`), with one warning when dropping starts and one
+//! line when an apply succeeds again. Requests for URLs already in the pending batch are always
+//! kept: they cost no memory.
+//!
 //! Every batch carries a sequence number that the backend stores with it. A failed batch is
 //! retried under its own number before anything newer, so a retry after an apply whose success
 //! was not seen is a no-op instead of a double count; readers add exactly the batches a snapshot
@@ -22,7 +28,8 @@ use tokio::task::JoinHandle;
 
 use super::agg::StatsBatch;
 use super::backend::StatsStore;
-use super::{ticker, StorageError};
+use super::{ticker, StorageConfig, StorageError};
+use crate::metrics::STATS_DROPPED;
 use crate::sync::lock;
 
 struct State {
@@ -35,6 +42,17 @@ struct State {
     flush_waiters: Vec<oneshot::Sender<Result<(), StorageError>>>,
     /// Set once the task has begun its final apply; later requests are refused.
     closed: bool,
+    /// Requests dropped since the rows waiting reached the bound; reported and reset once an
+    /// apply succeeds.
+    dropped: u64,
+}
+
+impl State {
+    /// Whether a request for `url` can be kept within `max_urls` rows waiting.
+    fn has_room_for(&self, url: &str, max_urls: usize) -> bool {
+        let unapplied = self.unapplied.as_ref().map_or(0, |(_, b)| b.per_url.len());
+        self.pending.per_url.contains_key(url) || self.pending.per_url.len() + unapplied < max_urls
+    }
 }
 
 struct Shared {
@@ -42,6 +60,7 @@ struct Shared {
     /// Wakes the task early: batch full, flush requested.
     wake: Notify,
     max_updates: usize,
+    max_urls: usize,
 }
 
 /// Handle to the batching task. Cheap to clone.
@@ -96,14 +115,14 @@ impl PendingView {
 }
 
 impl Batcher {
-    /// Spawns the task. Sequence numbers continue after `last_seq` (what the backend holds). The
-    /// task stops when `shutdown` turns true or its sender is dropped, after applying everything
-    /// pending; its result is that final apply's.
+    /// Spawns the task, with `config`'s flush interval and bounds. Sequence numbers continue
+    /// after `last_seq` (what the backend holds). The task stops when `shutdown` turns true or
+    /// its sender is dropped, after applying everything pending; its result is that final
+    /// apply's.
     pub(crate) fn start<S: StatsStore>(
         store: Arc<S>,
         last_seq: u64,
-        flush_interval: Duration,
-        max_updates: usize,
+        config: &StorageConfig,
         shutdown: watch::Receiver<bool>,
     ) -> (Batcher, JoinHandle<Result<(), StorageError>>) {
         let shared = Arc::new(Shared {
@@ -113,16 +132,20 @@ impl Batcher {
                 unapplied: None,
                 flush_waiters: Vec::new(),
                 closed: false,
+                dropped: 0,
             }),
             wake: Notify::new(),
-            max_updates: max_updates.max(1),
+            max_updates: config.flush_max_updates.max(1),
+            max_urls: config.max_pending_urls.max(1),
         });
-        let task = tokio::spawn(run(Arc::clone(&shared), store, flush_interval, shutdown));
+        let interval = config.flush_interval;
+        let task = tokio::spawn(run(Arc::clone(&shared), store, interval, shutdown));
         (Batcher { shared }, task)
     }
 
-    /// Adds one successful request to the pending batch. Never blocks on I/O.
-    pub(crate) fn record(&self, url: &str, secs: f64) {
+    /// Adds one successful request, answered in Unix minute `minute`, to the pending batch. Never
+    /// blocks on I/O.
+    pub(crate) fn record(&self, url: &str, secs: f64, minute: u64) {
         let full = {
             let mut state = lock(&self.shared.state);
             if state.closed {
@@ -130,7 +153,14 @@ impl Batcher {
                 tracing::warn!("storage is shut down; dropping a request's statistics");
                 return;
             }
-            state.pending.record(url, secs);
+            if !state.has_room_for(url, self.shared.max_urls) {
+                state.dropped += 1;
+                let first = state.dropped == 1;
+                drop(state);
+                self.overflowed(first);
+                return;
+            }
+            state.pending.record(url, secs, minute);
             state.pending.requests >= self.shared.max_updates
         };
         if full {
@@ -151,6 +181,18 @@ impl Batcher {
         self.shared.wake.notify_one();
         // The sender is dropped unanswered only if the task died.
         rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// A request was dropped for want of room (rare: only while applies fail, so the `counter!`
+    /// lookup per call costs nothing that matters).
+    fn overflowed(&self, first: bool) {
+        metrics::counter!(STATS_DROPPED).increment(1);
+        if first {
+            tracing::warn!(
+                max_pending_urls = self.shared.max_urls,
+                "statistics buffer full while they cannot be applied; dropping requests for new URLs until they can"
+            );
+        }
     }
 
     pub(crate) fn pending_view(&self) -> PendingView {
@@ -226,7 +268,7 @@ async fn apply_waiting<S: StatsStore>(shared: &Shared, store: &S) -> Result<(), 
     let retry = lock(&shared.state).unapplied.clone();
     if let Some((seq, batch)) = retry {
         store.apply(seq, batch).await?;
-        lock(&shared.state).unapplied = None;
+        applied(shared);
     }
     let (seq, batch) = {
         let mut state = lock(&shared.state);
@@ -241,6 +283,22 @@ async fn apply_waiting<S: StatsStore>(shared: &Shared, store: &S) -> Result<(), 
         (seq, batch)
     };
     store.apply(seq, batch).await?;
-    lock(&shared.state).unapplied = None;
+    applied(shared);
     Ok(())
+}
+
+/// The batch in flight is in the store: it stops counting against the bound, and if requests
+/// were dropped meanwhile, the log says how many, once.
+fn applied(shared: &Shared) {
+    let dropped = {
+        let mut state = lock(&shared.state);
+        state.unapplied = None;
+        std::mem::take(&mut state.dropped)
+    };
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "statistics apply again; requests dropped while their buffer was full are lost"
+        );
+    }
 }

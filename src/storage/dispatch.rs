@@ -7,7 +7,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::agg::{Agg, StatsBatch};
-use super::backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend, TopSnapshot};
+use super::backend::{
+    CacheStore, CachedResult, Lease, MinuteSnapshot, StatsStore, StorageBackend, TopSnapshot,
+};
 use super::memory::MemoryBackend;
 use super::redb::RedbBackend;
 use super::redis::RedisBackend;
@@ -21,13 +23,21 @@ pub enum Backend {
     Redis(RedisBackend),
 }
 
+/// `$e` on whichever backend `$self` holds, bound to `$b`.
+macro_rules! each {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Backend::Redb($b) => $e,
+            Backend::Memory($b) => $e,
+            Backend::Redis($b) => $e,
+        }
+    };
+}
+
+/// As `each!`, awaited.
 macro_rules! dispatch {
     ($self:ident, $b:ident => $call:expr) => {
-        match $self {
-            Backend::Redb($b) => $call.await,
-            Backend::Memory($b) => $call.await,
-            Backend::Redis($b) => $call.await,
-        }
+        each!($self, $b => $call.await)
     };
 }
 
@@ -59,6 +69,12 @@ impl StatsStore for Backend {
     }
     async fn totals(&self) -> Result<(Agg, u64), StorageError> {
         dispatch!(self, b => b.totals())
+    }
+    fn keeps_minutes(&self) -> bool {
+        each!(self, b => b.keeps_minutes())
+    }
+    async fn minutes(&self, first: u64, last: u64) -> Result<MinuteSnapshot, StorageError> {
+        dispatch!(self, b => b.minutes(first, last))
     }
 }
 

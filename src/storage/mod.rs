@@ -24,6 +24,7 @@ mod backend;
 mod batcher;
 mod cache;
 mod dispatch;
+mod history;
 mod lease;
 mod memory;
 mod redb;
@@ -36,9 +37,12 @@ mod stats;
 mod tests;
 
 pub use agg::{Agg, StatsBatch};
-pub use backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend, TopSnapshot};
+pub use backend::{
+    CacheStore, CachedResult, Lease, MinuteSnapshot, StatsStore, StorageBackend, TopSnapshot,
+};
 pub use cache::ResultCache;
 pub use dispatch::Backend;
+pub use history::SharedHistory;
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 pub use redis::RedisBackend;
@@ -88,6 +92,10 @@ pub struct StorageConfig {
     pub flush_interval: Duration,
     /// ... or as soon as this many requests are pending, whichever comes first.
     pub flush_max_updates: usize,
+    /// While applies fail (a Redis outage), at most this many URL rows wait in memory (about
+    /// 200 bytes each with a typical URL); requests that need another are dropped and counted.
+    /// Far above what one flush interval gathers, so it only bites during an outage.
+    pub max_pending_urls: usize,
     /// How often expired cache rows are deleted (backends without native expiry).
     pub purge_interval: Duration,
     /// Rows deleted per purge transaction, so a large backlog never makes one huge commit.
@@ -105,6 +113,7 @@ impl Default for StorageConfig {
             cache_capacity: 100_000,
             flush_interval: Duration::from_millis(100),
             flush_max_updates: 1024,
+            max_pending_urls: 100_000,
             purge_interval: Duration::from_secs(300),
             purge_batch: 10_000,
             cache_scope: String::new(),
@@ -193,23 +202,18 @@ impl<B: StorageBackend> Storage<B> {
         // Continue the sequence the backend holds: readers compare it with their snapshot's.
         let (_, last_seq) = backend.totals().await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (batcher, batcher_task) = Batcher::start(
-            Arc::clone(&backend),
-            last_seq,
-            config.flush_interval,
-            config.flush_max_updates,
-            shutdown_rx.clone(),
-        );
+        let (batcher, batcher_task) =
+            Batcher::start(Arc::clone(&backend), last_seq, &config, shutdown_rx.clone());
         let backend_tasks = backend.start_tasks(&config, shutdown_rx);
         Ok(Storage {
             cache: ResultCache::new(
                 Arc::clone(&backend),
-                clock,
+                Arc::clone(&clock),
                 config.cache_ttl,
                 config.cache_capacity,
                 config.cache_scope.clone(),
             ),
-            stats: Stats::new(Arc::clone(&backend), batcher.clone()),
+            stats: Stats::new(Arc::clone(&backend), batcher.clone(), clock),
             backend,
             batcher,
             shutdown,
@@ -228,6 +232,14 @@ impl<B: StorageBackend> Storage<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// `/report/history` for every replica, when the backend keeps per-minute figures (Redis);
+    /// `None` otherwise, and this process's ring is the one to ask.
+    pub fn shared_history(&self) -> Option<Arc<dyn crate::history::HistorySource>> {
+        self.backend
+            .keeps_minutes()
+            .then(|| Arc::new(SharedHistory::new(self.stats.clone())) as _)
     }
 
     /// Applies every request recorded so far and waits for it.

@@ -8,8 +8,10 @@
 //!   deletes it only if the token is still the caller's.
 //! - `P:{stats}:rows` (hash URL -> "count min max sum"), `P:{stats}:top` (sorted set, score
 //!   -count: ascending order is count descending, then URL ascending, as the report wants),
-//!   `P:{stats}:totals`, `P:{stats}:seq:<replica>`: one hash tag, so the scripts that touch them
-//!   together stay in one Redis Cluster slot.
+//!   `P:{stats}:totals`, `P:{stats}:seq:<replica>`, and `P:{stats}:minute:<unix minute>` (the
+//!   fleet's requests answered in that minute, a row like the others, for `/report/history`;
+//!   expires 25 h after its last write): one hash tag, so the scripts that touch them together
+//!   stay in one Redis Cluster slot, and a batch's minutes are applied exactly once with it.
 //!
 //! Each replica numbers its own batches (`replica` is random per process), so a batch retried
 //! after an unseen success is recognised as applied, whoever else applied theirs meanwhile.
@@ -21,16 +23,20 @@ use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
 use super::agg::{Agg, StatsBatch};
-use super::backend::{CacheStore, CachedResult, Lease, StatsStore, StorageBackend, TopSnapshot};
+use super::backend::{
+    CacheStore, CachedResult, Lease, MinuteSnapshot, StatsStore, StorageBackend, TopSnapshot,
+};
 use super::StorageError;
 use crate::clock::{unix_millis, Clock};
 use crate::domain::Prediction;
+use crate::history::MAX_MINUTES;
 use crate::metrics::STORAGE_UP;
 use crate::outage::Health;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{guarded, RedisConn};
 
-/// Adds a batch if its sequence number is new for this replica. KEYS: seq, rows, top, totals.
-/// ARGV: seq, totals ("" if none), then URL, "count min max sum" pairs.
+/// Adds a batch if its sequence number is new for this replica. KEYS: seq, rows, top, totals,
+/// then one key per minute of the batch. ARGV: seq, totals ("" if none), the minutes' expiry in
+/// seconds, one "count min max sum" row per minute key, then URL, row pairs.
 const APPLY: &str = r#"
 local function parse(s)
   local c, mn, mx, sm = string.match(s, "^(%S+) (%S+) (%S+) (%S+)$")
@@ -46,7 +52,12 @@ local function merge(old, new)
 end
 local seq = tonumber(ARGV[1])
 if seq <= tonumber(redis.call("GET", KEYS[1]) or "0") then return 0 end
-for i = 3, #ARGV, 2 do
+local minutes = #KEYS - 4
+for i = 1, minutes do
+  local _, row = merge(redis.call("GET", KEYS[4 + i]), ARGV[3 + i])
+  redis.call("SET", KEYS[4 + i], row, "EX", ARGV[3])
+end
+for i = 4 + minutes, #ARGV, 2 do
   local count, row = merge(redis.call("HGET", KEYS[2], ARGV[i]), ARGV[i + 1])
   redis.call("HSET", KEYS[2], ARGV[i], row)
   redis.call("ZADD", KEYS[3], -count, ARGV[i])
@@ -83,6 +94,10 @@ return 0
 
 const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 
+/// A minute's figures outlive the longest window `/report/history` asks for by an hour, which
+/// covers replicas whose clocks run a little ahead; then Redis drops them.
+const MINUTE_TTL_SECS: u64 = (MAX_MINUTES as u64 + 60) * 60;
+
 /// A cached result as stored: short names, since there is one per image.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -115,10 +130,6 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-fn redis_error(e: redis::RedisError) -> StorageError {
-    StorageError::Redis(e.to_string())
-}
-
 impl RedisBackend {
     /// On `conn` (which reconnects by itself); every command gives up after `timeout`.
     pub fn new(conn: RedisConn, prefix: &str, clock: Arc<dyn Clock>, timeout: Duration) -> Self {
@@ -149,24 +160,21 @@ impl RedisBackend {
         format!("{}:{{stats}}:{name}", self.prefix)
     }
 
-    /// Runs a command or script with the per-command timeout (the connection's own covers the
-    /// reply; this also covers a reconnect in progress).
+    fn minute_key(&self, minute: u64) -> String {
+        self.stats_key(&format!("minute:{minute}"))
+    }
+
+    fn seq_key(&self) -> String {
+        self.stats_key(&format!("seq:{}", self.replica))
+    }
+
     async fn run<T, F>(&self, call: impl FnOnce(RedisConn) -> F) -> Result<T, StorageError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match tokio::time::timeout(self.timeout, call(self.conn.clone())).await {
-            Ok(result) => result.map_err(redis_error),
-            Err(_) => Err(StorageError::Redis(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        };
-        match &result {
-            Ok(_) => self.health.up(),
-            Err(e) => self.health.failed(e),
-        }
-        result
+        guarded(&self.conn, self.timeout, &self.health, call)
+            .await
+            .map_err(|e| StorageError::Redis(e.to_string()))
     }
 }
 
@@ -290,12 +298,18 @@ impl StatsStore for RedisBackend {
     async fn apply(&self, seq: u64, batch: Arc<StatsBatch>) -> Result<(), StorageError> {
         let mut invocation = self.apply.prepare_invoke();
         invocation
-            .key(self.stats_key(&format!("seq:{}", self.replica)))
+            .key(self.seq_key())
             .key(self.stats_key("rows"))
             .key(self.stats_key("top"))
             .key(self.stats_key("totals"))
             .arg(seq)
-            .arg(batch.totals.as_ref().map(agg_text).unwrap_or_default());
+            .arg(batch.totals.as_ref().map(agg_text).unwrap_or_default())
+            .arg(MINUTE_TTL_SECS);
+        for (minute, delta) in &batch.per_minute {
+            invocation
+                .key(self.minute_key(*minute))
+                .arg(agg_text(delta));
+        }
         for (url, delta) in &batch.per_url {
             invocation.arg(url).arg(agg_text(delta));
         }
@@ -307,7 +321,7 @@ impl StatsStore for RedisBackend {
     async fn top(&self, n: usize, named: Vec<String>) -> Result<TopSnapshot, StorageError> {
         let mut invocation = self.top.prepare_invoke();
         invocation
-            .key(self.stats_key(&format!("seq:{}", self.replica)))
+            .key(self.seq_key())
             .key(self.stats_key("rows"))
             .key(self.stats_key("top"))
             .arg(n.max(1));
@@ -348,10 +362,7 @@ impl StatsStore for RedisBackend {
     }
 
     async fn totals(&self) -> Result<(Agg, u64), StorageError> {
-        let keys = [
-            self.stats_key("totals"),
-            self.stats_key(&format!("seq:{}", self.replica)),
-        ];
+        let keys = [self.stats_key("totals"), self.seq_key()];
         let (totals, seq): (Option<String>, Option<u64>) = self
             .run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await })
             .await?;
@@ -360,6 +371,34 @@ impl StatsStore for RedisBackend {
             None => Agg::EMPTY,
         };
         Ok((totals, seq.unwrap_or(0)))
+    }
+
+    fn keeps_minutes(&self) -> bool {
+        true
+    }
+
+    /// One MGET (atomic, and one slot thanks to the hash tag): this replica's sequence number,
+    /// then every minute of the window (at most 1441 keys).
+    async fn minutes(&self, first: u64, last: u64) -> Result<MinuteSnapshot, StorageError> {
+        let mut keys = vec![self.seq_key()];
+        keys.extend((first..=last).map(|m| self.minute_key(m)));
+        let reply: Vec<Option<String>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await })
+            .await?;
+        let mut reply = reply.into_iter();
+        let seq = match reply.next().flatten() {
+            Some(seq) => seq
+                .parse()
+                .map_err(|_| StorageError::Redis(format!("unreadable sequence number {seq:?}")))?,
+            None => 0,
+        };
+        let mut minutes = Vec::new();
+        for (minute, row) in (first..=last).zip(reply) {
+            if let Some(row) = row {
+                minutes.push((minute, parse_agg(&row)?));
+            }
+        }
+        Ok(MinuteSnapshot { minutes, seq })
     }
 }
 

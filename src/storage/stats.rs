@@ -3,8 +3,8 @@
 //! [`Stats::record`] costs a hash-map update under a short mutex (the [`Batcher`] applies it
 //! later). [`Stats::top`] and [`Stats::totals`] combine a backend snapshot with the batches it
 //! does not contain yet, so they reflect every `record()` of this process that returned before
-//! they were called.
-use std::collections::HashMap;
+//! they were called. [`Stats::minutes`] does the same for the per-minute figures.
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +13,16 @@ use super::backend::StatsStore;
 use super::batcher::Batcher;
 use super::dispatch::Backend;
 use super::StorageError;
+use crate::clock::Clock;
 use crate::domain::{Subject, Totals, UrlStats};
+use crate::history::unix_minute;
 
 /// Handle to the statistics. Cheap to clone.
 pub struct Stats<B = Backend> {
     backend: Arc<B>,
     batcher: Batcher,
+    /// Dates each request's minute (the one `/report/history` counts it in).
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl<B> Clone for Stats<B> {
@@ -26,6 +30,7 @@ impl<B> Clone for Stats<B> {
         Self {
             backend: Arc::clone(&self.backend),
             batcher: self.batcher.clone(),
+            clock: Arc::clone(&self.clock),
         }
     }
 }
@@ -37,15 +42,20 @@ impl<B> std::fmt::Debug for Stats<B> {
 }
 
 impl<B: StatsStore> Stats<B> {
-    pub(crate) fn new(backend: Arc<B>, batcher: Batcher) -> Self {
-        Self { backend, batcher }
+    pub(crate) fn new(backend: Arc<B>, batcher: Batcher, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            backend,
+            batcher,
+            clock,
+        }
     }
 
-    /// Records one successful classification request (fresh or cached) of `subject` that took
-    /// `processing_time`. Non-blocking.
+    /// Records one successful classification request (fresh or cached) of `subject` answered now,
+    /// that took `processing_time`. Non-blocking.
     pub fn record(&self, subject: &Subject, processing_time: Duration) {
+        let minute = unix_minute(self.clock.now());
         self.batcher
-            .record(&subject.key(), processing_time.as_secs_f64());
+            .record(&subject.key(), processing_time.as_secs_f64(), minute);
     }
 
     /// The `n` most requested URLs, by count descending then URL ascending.
@@ -87,5 +97,18 @@ impl<B: StatsStore> Stats<B> {
             agg.merge(&delta);
         }
         Ok(agg.totals())
+    }
+
+    /// The requests of Unix minutes `first..=last` by minute (only minutes with any), with the
+    /// same freshness as [`Stats::top`]. Only the backend's if it keeps minutes
+    /// ([`StatsStore::keeps_minutes`]); else just this process's unapplied ones.
+    pub async fn minutes(&self, first: u64, last: u64) -> Result<BTreeMap<u64, Agg>, StorageError> {
+        let view = self.batcher.pending_view();
+        let snapshot = self.backend.minutes(first, last).await?;
+        let mut minutes: BTreeMap<u64, Agg> = snapshot.minutes.into_iter().collect();
+        for (minute, delta) in view.after(snapshot.seq).per_minute.range(first..=last) {
+            minutes.entry(*minute).or_insert(Agg::EMPTY).merge(delta);
+        }
+        Ok(minutes)
     }
 }

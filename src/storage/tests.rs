@@ -162,6 +162,12 @@ impl<B: StatsStore> StatsStore for Failing<B> {
     async fn totals(&self) -> Result<(Agg, u64), StorageError> {
         self.inner.totals().await
     }
+    fn keeps_minutes(&self) -> bool {
+        self.inner.keeps_minutes()
+    }
+    async fn minutes(&self, first: u64, last: u64) -> Result<MinuteSnapshot, StorageError> {
+        self.inner.minutes(first, last).await
+    }
 }
 
 impl<B: StorageBackend> StorageBackend for Failing<B> {
@@ -374,7 +380,7 @@ async fn reapplied_sequence_counts_once<B: StorageBackend>(make: Make<B>) {
     let h = start(make).await;
     let backend = h.storage.backend();
     let mut batch = StatsBatch::default();
-    batch.record("http://x/1", 0.5);
+    batch.record("http://x/1", 0.5, 0);
     let batch = Arc::new(batch);
     backend.apply(1, Arc::clone(&batch)).await.unwrap();
     backend.apply(1, Arc::clone(&batch)).await.unwrap();
@@ -455,6 +461,15 @@ async fn failed_apply_is_retried_without_double_counting<B: StorageBackend>(make
         );
         let (stored, _) = h.storage.backend().totals().await.unwrap();
         assert_eq!(stored.count, 2, "after_applying={after_applying}");
+        if h.storage.backend().keeps_minutes() {
+            let now = crate::history::unix_minute(h.clock.now());
+            let stored = h.storage.backend().minutes(now, now).await.unwrap();
+            assert_eq!(
+                stored.minutes,
+                vec![(now, agg(&[0.1, 0.3]))],
+                "{after_applying}"
+            );
+        }
         h.storage.shutdown().await.unwrap();
     }
 }
@@ -872,7 +887,7 @@ async fn redis_replicas_share_results_leases_and_statistics() {
     assert!(b.try_lease("new", HOUR).await.unwrap().is_some());
     // Replica b's first batch is not "already applied" because a applied its own first one.
     let mut batch = StatsBatch::default();
-    batch.record("http://x/1", 0.5);
+    batch.record("http://x/1", 0.5, 0);
     let batch = Arc::new(batch);
     a.apply(1, Arc::clone(&batch)).await.unwrap();
     b.apply(1, Arc::clone(&batch)).await.unwrap();
@@ -884,6 +899,115 @@ async fn redis_replicas_share_results_leases_and_statistics() {
     let other = on_redis_prefix(&redis_server::unique_prefix(), Arc::new(SystemClock));
     assert_eq!(other.get("k").await.unwrap(), None);
     assert!(other.top(10, vec![]).await.unwrap().top.is_empty());
+}
+
+/// A batch's minutes are added with it, under its sequence number: a retried batch adds nothing,
+/// and another replica's batch of the same number is its own.
+#[tokio::test]
+async fn redis_minutes_are_applied_exactly_once_with_their_batch() {
+    let prefix = redis_server::unique_prefix();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (a, b) = (
+        on_redis_prefix(&prefix, Arc::clone(&clock)),
+        on_redis_prefix(&prefix, clock),
+    );
+    assert!(a.keeps_minutes());
+    let mut batch = StatsBatch::default();
+    batch.record("http://x/1", 0.5, 100);
+    batch.record("http://x/2", 0.25, 102);
+    batch.record("http://x/1", 0.75, 102);
+    let batch = Arc::new(batch);
+    a.apply(1, Arc::clone(&batch)).await.unwrap();
+    a.apply(1, Arc::clone(&batch)).await.unwrap();
+    let snap = a.minutes(99, 103).await.unwrap();
+    assert_eq!(
+        snap,
+        MinuteSnapshot {
+            minutes: vec![(100, agg(&[0.5])), (102, agg(&[0.25, 0.75]))],
+            seq: 1,
+        }
+    );
+    b.apply(1, batch).await.unwrap();
+    let counts: Vec<_> = b
+        .minutes(99, 103)
+        .await
+        .unwrap()
+        .minutes
+        .iter()
+        .map(|(m, a)| (*m, a.count))
+        .collect();
+    assert_eq!(counts, vec![(100, 2), (102, 4)]);
+    // Every minute key expires a little after the longest window.
+    let mut conn = redis_server::shared()
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(format!("{prefix}:{{stats}}:minute:102"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((86_400..=90_000).contains(&ttl), "{ttl}");
+}
+
+/// Two replicas on one prefix, on one (manual) clock: each one's history is the fleet's, per
+/// minute, oldest first, quiet minutes left out, its own unapplied requests included.
+#[tokio::test]
+async fn redis_history_is_the_fleets_window_oldest_first_without_quiet_minutes() {
+    let prefix = redis_server::unique_prefix();
+    // 2026-11-26T19:00:10Z
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_719_610));
+    let replica = || async {
+        let backend = on_redis_prefix(&prefix, Arc::new(clock.clone()));
+        Storage::start(backend, Arc::new(clock.clone()), config())
+            .await
+            .unwrap()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let (ha, hb) = (a.shared_history().unwrap(), b.shared_history().unwrap());
+    assert_eq!(ha.name(), "redis");
+    a.stats().record(&url("http://h/1"), ms(100));
+    b.stats().record(&url("http://h/2"), ms(300));
+    clock.advance(Duration::from_secs(3 * 60)); // 19:03:10; 19:01 and 19:02 quiet
+    a.stats().record(&url("http://h/1"), ms(50));
+    // Not applied yet: each replica sees its own requests only.
+    let seen = |points: Vec<crate::history::HistoryPoint>| -> Vec<(String, u64, f64)> {
+        points
+            .into_iter()
+            .map(|p| (p.minute, p.requests, p.avg_processing_time))
+            .collect()
+    };
+    assert_eq!(
+        seen(ha.points(60).await.unwrap()),
+        vec![
+            ("2026-11-26T19:00:00Z".into(), 1, 0.1),
+            ("2026-11-26T19:03:00Z".into(), 1, 0.05),
+        ]
+    );
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    let fleet = vec![
+        ("2026-11-26T19:00:00Z".to_owned(), 2, 0.2),
+        ("2026-11-26T19:03:00Z".to_owned(), 1, 0.05),
+    ];
+    assert_eq!(seen(ha.points(60).await.unwrap()), fleet);
+    assert_eq!(seen(hb.points(60).await.unwrap()), fleet);
+    // The window ends now and reaches back `minutes`, the current minute included.
+    assert_eq!(seen(hb.points(1).await.unwrap()), fleet[1..]);
+    assert_eq!(seen(hb.points(3).await.unwrap()), fleet[1..]);
+    assert_eq!(seen(hb.points(4).await.unwrap()), fleet);
+    clock.advance(Duration::from_secs(24 * 3600));
+    assert!(hb.points(1440).await.unwrap().is_empty());
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The other backends keep no minutes: their process's ring answers `/report/history`.
+#[tokio::test]
+async fn only_redis_serves_history() {
+    assert!(start(on_memory).await.storage.shared_history().is_none());
+    assert!(start(on_redb).await.storage.shared_history().is_none());
 }
 
 /// A Redis that is gone is an error within the timeout, never a hang; and once it is back the
@@ -917,6 +1041,73 @@ async fn redis_down_is_an_error_then_it_recovers() {
     }
     assert!(back, "reconnected");
     drop(server);
+}
+
+/// `classifier_stats_dropped_total` as this process's recorder renders it (0 before the first).
+fn stats_dropped(metrics: &metrics_exporter_prometheus::PrometheusHandle) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("classifier_stats_dropped_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// During an outage the batcher keeps at most `max_pending_urls` rows: requests for more URLs
+/// are dropped and counted; what was kept is applied, exactly, once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_buffers_up_to_the_bound_and_applies_it_when_back() {
+    let metrics = crate::metrics::install().expect("this test binary's only recorder");
+    let dropped_before = stats_dropped(&metrics);
+    let server = redis_server::RedisServer::start();
+    let port = server.port;
+    let conn = RedisConn::single(server.client(), ms(300)).unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_719_600));
+    let backend = RedisBackend::new(conn, "p", Arc::new(clock.clone()), ms(300));
+    let cfg = StorageConfig {
+        max_pending_urls: 3,
+        ..config()
+    };
+    let storage = Storage::start(backend, Arc::new(clock.clone()), cfg)
+        .await
+        .unwrap();
+    drop(server);
+    let stats = storage.stats();
+    for u in ["a", "b", "c", "d", "e", "a"] {
+        stats.record(&url(&format!("http://o/{u}")), ms(100));
+    }
+    assert!(matches!(storage.flush().await, Err(StorageError::Redis(_))));
+    assert_eq!(stats_dropped(&metrics) - dropped_before, 2, "d and e");
+    let _server = redis_server::RedisServer::start_on(port);
+    let mut back = false;
+    for _ in 0..50 {
+        if storage.flush().await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert!(back, "applied once Redis is back");
+    let (stored, _) = storage.backend().totals().await.unwrap();
+    assert_eq!(stored.count, 4);
+    let top: Vec<_> = stats
+        .top(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.image_url.unwrap(), r.count))
+        .collect();
+    assert_eq!(
+        top,
+        [("http://o/a", 2), ("http://o/b", 1), ("http://o/c", 1)].map(|(u, c)| (u.to_owned(), c))
+    );
+    let now = crate::history::unix_minute(clock.now());
+    let minutes = storage.backend().minutes(now, now).await.unwrap().minutes;
+    assert_eq!(minutes[0].1.count, 4);
+    // Room again: a new URL is kept.
+    stats.record(&url("http://o/f"), ms(100));
+    storage.flush().await.unwrap();
+    assert_eq!(stats_dropped(&metrics) - dropped_before, 2);
+    storage.shutdown().await.unwrap();
 }
 
 /// A Redis Cluster is one store too: single-key commands go to their slot's node, and the
@@ -954,8 +1145,8 @@ async fn redis_cluster_replicas_share_results_leases_and_statistics() {
         a.release(lease).await.unwrap();
     }
     let mut batch = StatsBatch::default();
-    batch.record("http://x/1", 0.5);
-    batch.record("http://x/2", 0.25);
+    batch.record("http://x/1", 0.5, 0);
+    batch.record("http://x/2", 0.25, 0);
     let batch = Arc::new(batch);
     a.apply(1, Arc::clone(&batch)).await.unwrap();
     b.apply(1, batch).await.unwrap();
@@ -966,4 +1157,7 @@ async fn redis_cluster_replicas_share_results_leases_and_statistics() {
         (2, 2)
     );
     assert_eq!(a.totals().await.unwrap().0.count, 4);
+    // The minute keys are in the script's slot too, and one MGET reads them.
+    let minutes = b.minutes(0, 2).await.unwrap();
+    assert_eq!((minutes.minutes.len(), minutes.minutes[0].1.count), (1, 4));
 }

@@ -1,10 +1,33 @@
 //! Two replicas on one Redis (`--redis-url`): one cache, one single flight, one report.
-use crate::helpers::{error_code, start_app, test_settings, FixtureServer, TestApp};
+use crate::helpers::{
+    error_code, start_app, start_app_with_clock, test_settings, FixtureServer, TestApp,
+};
+use classifier_api::clock::ManualClock;
 use classifier_api::storage::redis_server::RedisServer;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use warp::http::StatusCode;
 
 async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
     replica_with(redis, prefix, &[]).await
+}
+
+/// A replica on `clock` (the one that dates each request's minute).
+async fn replica_on(redis: &RedisServer, prefix: &str, clock: &ManualClock) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        prefix,
+        "--stats-flush-interval",
+        "10ms",
+    ];
+    let settings = test_settings(data_dir.path(), &args);
+    let fixtures = FixtureServer::start().await;
+    start_app_with_clock(settings, fixtures, data_dir, Arc::new(clock.clone())).await
 }
 
 async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestApp {
@@ -310,4 +333,84 @@ async fn replicas_need_no_data_dir_of_their_own() {
         files.is_empty(),
         "nothing written to the data dir: {files:?}"
     );
+}
+
+async fn history(app: &TestApp) -> (StatusCode, Value) {
+    app.get("/report/history?minutes=60").await
+}
+
+/// (minute, requests) of a `/report/history` answer.
+fn minutes(body: &Value) -> Vec<(String, u64)> {
+    let points = body["points"].as_array().unwrap();
+    points
+        .iter()
+        .map(|p| {
+            let minute = p["minute"].as_str().unwrap().to_owned();
+            (minute, p["requests"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Both replicas' histories once they agree on `expected` (statistics flush every 10 ms).
+async fn agreed_history(a: &TestApp, b: &TestApp, expected: &[(String, u64)]) -> (Value, Value) {
+    let mut seen = (Value::Null, Value::Null);
+    for _ in 0..100 {
+        seen = (history(a).await.1, history(b).await.1);
+        if minutes(&seen.0) == expected && seen.0 == seen.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+/// `/report/history` on Redis is the fleet's: every replica answers the same figures, from
+/// Redis; while Redis is gone it says 503 (as `/report` does), and it recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_answer_one_fleet_history_and_503_while_redis_is_gone() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    // 2026-11-26T19:00:10Z, then 19:02:10Z: two minutes with traffic, one quiet between.
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_719_610));
+    let (a, b) = (
+        replica_on(&redis, "h", &clock).await,
+        replica_on(&redis, "h", &clock).await,
+    );
+    assert_eq!(
+        a.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.classify_fixture("/images/bird.bmp").await.0,
+        StatusCode::OK
+    );
+    clock.advance(Duration::from_secs(120));
+    assert_eq!(
+        b.classify_fixture("/images/cat.bmp").await.0,
+        StatusCode::OK
+    );
+    let expected =
+        [("2026-11-26T19:00:00Z", 2), ("2026-11-26T19:02:00Z", 1)].map(|(m, n)| (m.to_owned(), n));
+    let (on_a, on_b) = agreed_history(&a, &b, &expected).await;
+    assert_eq!(minutes(&on_a), expected, "{on_a}");
+    assert_eq!(on_a, on_b, "identical on both replicas");
+    assert_eq!(on_a["source"], "redis");
+
+    drop(redis);
+    let response = a.client.get(a.url("/report/history")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "storage_unavailable");
+
+    let _redis = RedisServer::start_on(port);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = history(&a).await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "back by itself");
 }
