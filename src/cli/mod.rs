@@ -1,6 +1,6 @@
 //! The command line: which command to run, and the commands that run without the server.
 //!
-//! - [`admin`]: `user add|remove|list`, `key public`, `token revoke`, straight on the database.
+//! - [`admin`]: `user add|remove|list`, `key public`, `token revoke`, on the database or Redis.
 //! - [`classify`]: `classify FILE|URL`, the pipeline without HTTP.
 //! - [`healthcheck`]: probes a running server, for container HEALTHCHECKs.
 //! - [`serve`]: the HTTP service, the default command.
@@ -40,8 +40,9 @@ pub enum Command {
     },
     /// Exit 0 if the server on --listen answers GET /healthz (for container HEALTHCHECKs).
     Healthcheck,
-    /// Manage the users who may ask for tokens (the server must not be running on the same
-    /// data dir: the database admits one process at a time).
+    /// Manage the users who may ask for tokens. With --redis-url, on Redis while the servers
+    /// run; otherwise no server may run on the same data dir (the database admits one process
+    /// at a time).
     #[command(subcommand)]
     User(UserCommand),
     /// The root key tokens are signed with.

@@ -204,21 +204,8 @@ async fn redis_replica(
     redis: &classifier_api::storage::redis_server::RedisServer,
     es: &Osmem,
 ) -> crate::helpers::TestApp {
-    let data_dir = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let args = [
-        "--redis-url",
-        url.as_str(),
-        "--redis-prefix",
-        "p",
-        "--stats-flush-interval",
-        "10ms",
-        "--elasticsearch-url",
-        &es.url,
-        "--instance-id",
-        "same-host",
-    ];
-    let settings = test_settings(data_dir.path(), &args);
+    let extra = ["--elasticsearch-url", &es.url, "--instance-id", "same-host"];
+    let (settings, data_dir) = crate::redis::replica_settings(redis, "p", &extra);
     start_app(settings, FixtureServer::start().await, data_dir).await
 }
 

@@ -15,22 +15,18 @@ async fn replica(redis: &RedisServer, prefix: &str) -> TestApp {
 
 /// A replica on `clock` (the one that dates each request's minute).
 async fn replica_on(redis: &RedisServer, prefix: &str, clock: &ManualClock) -> TestApp {
-    let data_dir = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let args = [
-        "--redis-url",
-        url.as_str(),
-        "--redis-prefix",
-        prefix,
-        "--stats-flush-interval",
-        "10ms",
-    ];
-    let settings = test_settings(data_dir.path(), &args);
+    let (settings, data_dir) = replica_settings(redis, prefix, &[]);
     let fixtures = FixtureServer::start().await;
     start_app_with_clock(settings, fixtures, data_dir, Arc::new(clock.clone())).await
 }
 
-async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestApp {
+/// A replica's settings on `redis` under `prefix` (flushing statistics every 10 ms), with
+/// `extra` flags, and the data dir it is given (and does not use).
+pub(crate) fn replica_settings(
+    redis: &RedisServer,
+    prefix: &str,
+    extra: &[&str],
+) -> (classifier_api::config::Settings, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
     let url = redis.url();
     let mut args = vec![
@@ -42,7 +38,11 @@ async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> Test
         "10ms",
     ];
     args.extend_from_slice(extra);
-    let settings = test_settings(data_dir.path(), &args);
+    (test_settings(data_dir.path(), &args), data_dir)
+}
+
+async fn replica_with(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestApp {
+    let (settings, data_dir) = replica_settings(redis, prefix, extra);
     start_app(settings, FixtureServer::start().await, data_dir).await
 }
 

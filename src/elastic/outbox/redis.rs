@@ -203,8 +203,7 @@ impl RedisOutbox {
         format!("{}{name}", self.base)
     }
 
-    /// Runs a command or script with the per-call timeout (the connection's own covers the
-    /// reply; this also covers a reconnect in progress), and tells the health about it.
+    /// One call with `--redis-timeout`, the outage logged once (see `redis_conn::guarded`).
     async fn run<T, F>(&self, call: impl FnOnce(RedisConn) -> F) -> Result<T, RedisOutboxError>
     where
         F: Future<Output = RedisResult<T>>,
