@@ -80,7 +80,7 @@ downloads() { grep -c 'GET /cat.bmp' "$tmp/http.log" || true; }
 first_run() {
   start_container
   cid1="$cid"
-  port1="$(podman port "$cid1" 8080/tcp | head -n1 | sed 's/.*://')"
+  port1="$(podman port "$cid1" 8080/tcp | sed -n "1s/.*://p")"
   [[ "$(podman exec "$cid1" id -u)" != 0 ]] || fail "the service runs as root"
   echo "container ${cid1:0:12} on 127.0.0.1:$port1"
 
@@ -111,7 +111,7 @@ restart() {
   podman stop -t 15 "$cid1" >/dev/null
   start_container
   cid2="$cid"
-  port2="$(podman port "$cid2" 8080/tcp | head -n1 | sed 's/.*://')"
+  port2="$(podman port "$cid2" 8080/tcp | sed -n "1s/.*://p")"
   echo "new container ${cid2:0:12} on the same volume, 127.0.0.1:$port2"
   classify "$port2"
   [[ "$(downloads)" == 1 ]] || fail "cache lost: cat.bmp downloaded $(downloads) times"
