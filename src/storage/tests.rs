@@ -40,6 +40,15 @@ fn on_redis_prefix(prefix: &str, clock: Arc<dyn Clock>) -> RedisBackend {
     RedisBackend::new(conn, prefix, clock, Duration::from_secs(5))
 }
 
+/// Two replicas' backends on `prefix`.
+fn two_redis_replicas(prefix: &str) -> (RedisBackend, RedisBackend) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    (
+        on_redis_prefix(prefix, Arc::clone(&clock)),
+        on_redis_prefix(prefix, clock),
+    )
+}
+
 fn url(s: &str) -> Subject {
     Subject::Url(ImageUrl::parse(s).unwrap())
 }
@@ -864,12 +873,7 @@ async fn redis_leases_expire_on_redis_time() {
 /// numbers are its own.
 #[tokio::test]
 async fn redis_replicas_share_results_leases_and_statistics() {
-    let prefix = redis_server::unique_prefix();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (a, b) = (
-        on_redis_prefix(&prefix, Arc::clone(&clock)),
-        on_redis_prefix(&prefix, clock),
-    );
+    let (a, b) = two_redis_replicas(&redis_server::unique_prefix());
     let entry = CachedResult {
         label: "tabby".into(),
         confidence: 0.5,
@@ -906,11 +910,7 @@ async fn redis_replicas_share_results_leases_and_statistics() {
 #[tokio::test]
 async fn redis_minutes_are_applied_exactly_once_with_their_batch() {
     let prefix = redis_server::unique_prefix();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (a, b) = (
-        on_redis_prefix(&prefix, Arc::clone(&clock)),
-        on_redis_prefix(&prefix, clock),
-    );
+    let (a, b) = two_redis_replicas(&prefix);
     assert!(a.keeps_minutes());
     let mut batch = StatsBatch::default();
     batch.record("http://x/1", 0.5, 100);

@@ -128,21 +128,17 @@ async fn duplicates_and_bad_names_or_passwords_are_refused(on: On) {
 async fn generations_are_never_reused(on: On) {
     let s = &on.store;
     s.add_user("alice", "pw", None).await.expect("add");
-    let g1 = s
-        .lookup("alice")
-        .await
-        .expect("l")
-        .expect("alice")
-        .generation;
+    let generation = || async {
+        s.lookup("alice")
+            .await
+            .expect("l")
+            .expect("alice")
+            .generation
+    };
+    let g1 = generation().await;
     s.remove_user("alice").await.expect("remove");
     s.add_user("alice", "pw", None).await.expect("re-add");
-    let g2 = s
-        .lookup("alice")
-        .await
-        .expect("l")
-        .expect("alice")
-        .generation;
-    assert!(g2 > g1);
+    assert!(generation().await > g1);
 }
 
 async fn roles_are_stored_listed_and_go_with_the_user(on: On) {
@@ -268,6 +264,45 @@ async fn failed_logins_are_counted_across_replicas() {
     b.login("alice", "pw")
         .await
         .expect("four failures are not a lockout");
+}
+
+/// A row this binary cannot read (another version's, or damage) is a clear internal error for
+/// that user, never a panic, and grants nothing; an unknown role in a readable row is no role.
+#[tokio::test]
+async fn an_unreadable_user_row_is_an_error_not_a_panic() {
+    let prefix = redis_server::unique_prefix();
+    let store = redis_store(&prefix);
+    let mut conn = redis_server::shared().conn();
+    let users = format!("{prefix}:{{auth}}:users");
+    for (name, row) in [
+        ("bad", "not-a-number"),
+        ("short", "7 ops"),
+        ("admin", "3 admin $argon2id$x"),
+    ] {
+        ::redis::cmd("HSET")
+            .arg(&users)
+            .arg(name)
+            .arg(row)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("write the row");
+    }
+    for name in ["bad", "short"] {
+        let e = store.lookup(name).await.err().expect(name);
+        assert!(matches!(e, AuthError::Internal(_)), "{name}: {e:?}");
+        let e = store.token_state(name, vec![]).await.err().expect(name);
+        assert!(matches!(e, AuthError::Internal(_)), "{name}: {e:?}");
+    }
+    let admin = store
+        .lookup("admin")
+        .await
+        .expect("readable")
+        .expect("exists");
+    assert_eq!((admin.generation, admin.role), (3, None));
+    assert!(
+        store.list_users().await.is_err(),
+        "a listing with a bad row says so"
+    );
 }
 
 #[tokio::test]
