@@ -8,6 +8,8 @@ use warp::http::{HeaderValue, Method};
 use warp::path::FullPath;
 use warp::reply::Response;
 
+use crate::telemetry::access::AccessLine;
+
 const HEADER: &str = "x-request-id";
 
 /// The request's route as a metrics label: a fixed set, never the raw path.
@@ -62,19 +64,14 @@ pub fn finish(
     let route = route_label(path.as_str());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    tracing::info!(
-        target: "classifier_api::access",
-        method = %method,
-        // Display, not Debug: no quotes to escape character by character.
-        route = %route,
+    crate::telemetry::access::write(&AccessLine {
+        method: method.as_str(),
+        route,
         status,
-        // From nanoseconds, so the number prints short (0.004663, not 0.0046630000000000005).
-        duration_ms = elapsed.as_nanos() as f64 / 1e6,
-        request_id = %id,
-        // The derived client (behind trusted proxies, the one they forwarded for).
-        client = client.map(tracing::field::display),
-        "request"
-    );
+        elapsed,
+        request_id: &id,
+        client,
+    });
     crate::metrics::record_request(route, status, elapsed.as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
