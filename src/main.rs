@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Before any thread exists (see the function for the memory it saves).
     let one_arena = rss::single_malloc_arena();
+    rss::fixed_mmap_threshold();
     let lean_mimalloc = rss::lean_mimalloc();
     // TensorFlow's C++ INFO lines ("oneDNN custom operations are on" ...) drown our own logs.
     if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {

@@ -163,7 +163,7 @@ fn describe() {
         "time from queueing to result, per image"
     );
     describe_histogram!(INFERENCE_BATCH, "images per TensorFlow session run");
-    describe_gauge!(INFERENCE_QUEUE, "images waiting for the inference thread");
+    describe_gauge!(INFERENCE_QUEUE, "images waiting for an inference thread");
     describe_counter!(
         CACHE_LOOKUPS,
         "classifications by outcome: fresh (miss), memory_hit, disk_hit, joined (single flight)"

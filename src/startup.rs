@@ -455,6 +455,10 @@ fn model_config(settings: &Settings) -> ModelConfig {
             max_batch: settings.max_batch.max(1),
             wait: settings.batch_wait.into(),
             queue_capacity: INFERENCE_QUEUE,
+            threads: match settings.inference_threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
         },
     }
 }

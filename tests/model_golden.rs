@@ -122,6 +122,7 @@ async fn concurrent_requests_through_the_inference_thread_get_their_own_answers(
             max_batch: 8,
             wait: std::time::Duration::from_millis(5),
             queue_capacity: 64,
+            threads: 2,
         },
     })
     .unwrap();
@@ -157,6 +158,7 @@ fn wrong_label_count_is_refused_at_load() {
             max_batch: 1,
             wait: std::time::Duration::ZERO,
             queue_capacity: 1,
+            threads: 1,
         },
     })
     .err()

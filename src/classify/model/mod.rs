@@ -1,4 +1,4 @@
-//! MobileNet behind a handle: load (embedded or from disk), warm up, classify on the inference thread.
+//! MobileNet behind a handle: load (embedded or from disk), warm up, classify on the inference threads.
 mod embedded;
 mod engine;
 mod identity;
@@ -71,7 +71,7 @@ impl Classifier {
         let labels_path = config.labels_path();
         let labels = read_labels(labels_path.as_ref())?;
         let loaded = started.elapsed();
-        let max_batch = config.batching.max_batch.max(1);
+        let max_batch = config.batching.per_run();
         let mut warm_sizes = vec![1];
         if max_batch > 1 {
             warm_sizes.push(max_batch);
