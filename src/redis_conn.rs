@@ -2,6 +2,7 @@
 //! single server through a reconnecting `ConnectionManager`, or a Redis Cluster
 //! (`--redis-cluster`) through the crate's cluster connection, which routes each command (and
 //! each script, by its first key) to the node that owns the slot.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -148,4 +149,29 @@ where
         Err(e) => health.failed(e),
     }
     result
+}
+
+/// A name for one Redis-backed object of this process, `<process seed>-<n>`, and its `n`:
+/// unique across processes (the seed) and within one (tests run several replicas in one).
+pub(crate) fn instance_name() -> (u64, String) {
+    static INSTANCES: AtomicU64 = AtomicU64::new(0);
+    let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+    (
+        instance,
+        format!("{:016x}-{instance}", crate::clock::process_seed()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_names_differ_within_a_process_and_carry_its_seed() {
+        let (a, name_a) = super::instance_name();
+        let (b, name_b) = super::instance_name();
+        assert_ne!(a, b);
+        assert_ne!(name_a, name_b);
+        let seed = format!("{:016x}-", crate::clock::process_seed());
+        assert!(name_a.starts_with(&seed) && name_b.starts_with(&seed));
+        assert!(name_b.ends_with(&format!("-{b}")), "{name_b}");
+    }
 }

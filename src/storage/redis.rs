@@ -133,14 +133,12 @@ impl std::fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// On `conn` (which reconnects by itself); every command gives up after `timeout`.
     pub fn new(conn: RedisConn, prefix: &str, clock: Arc<dyn Clock>, timeout: Duration) -> Self {
-        // Unique per backend, not only per process (tests run several replicas in one).
-        static INSTANCES: AtomicU64 = AtomicU64::new(0);
-        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let (instance, replica) = crate::redis_conn::instance_name();
         let seed = crate::clock::process_seed();
         Self {
             conn,
             prefix: prefix.to_owned(),
-            replica: format!("{seed:016x}-{instance}"),
+            replica,
             clock,
             timeout,
             // Tokens from different backends start far apart (2^40 leases each).

@@ -225,6 +225,17 @@ async fn promotion_keeps_expiry<B: StorageBackend>(make: Make<B>) {
     h.storage.shutdown().await.unwrap();
 }
 
+/// The top 10 as (URL, count) pairs.
+async fn top_counts<B: StorageBackend>(stats: &Stats<B>) -> Vec<(String, u64)> {
+    stats
+        .top(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.image_url.unwrap(), r.count))
+        .collect()
+}
+
 async fn ties_order_by_url_and_top_is_limited<B: StorageBackend>(make: Make<B>) {
     let h = start(make).await;
     let stats = h.storage.stats();
@@ -239,13 +250,7 @@ async fn ties_order_by_url_and_top_is_limited<B: StorageBackend>(make: Make<B>) 
         stats.record(&url("http://z/tie"), ms(100));
     }
     h.storage.flush().await.unwrap();
-    let got: Vec<(String, u64)> = stats
-        .top(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.image_url.unwrap(), r.count))
-        .collect();
+    let got = top_counts(stats).await;
     let want: Vec<(String, u64)> = [
         ("http://a/tie", 12),
         ("http://h/u00", 12),
@@ -1089,13 +1094,7 @@ async fn redis_outage_buffers_up_to_the_bound_and_applies_it_when_back() {
     assert!(back, "applied once Redis is back");
     let (stored, _) = storage.backend().totals().await.unwrap();
     assert_eq!(stored.count, 4);
-    let top: Vec<_> = stats
-        .top(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.image_url.unwrap(), r.count))
-        .collect();
+    let top = top_counts(stats).await;
     assert_eq!(
         top,
         [("http://o/a", 2), ("http://o/b", 1), ("http://o/c", 1)].map(|(u, c)| (u.to_owned(), c))

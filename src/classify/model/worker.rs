@@ -96,8 +96,13 @@ impl InferenceHandle {
                 .spawn(move || run_loop(&engine, &jobs, batching));
             match thread {
                 Ok(thread) => threads.0.push(thread),
-                // The threads already started see the queue close as `threads` drops.
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The queue first: the threads already started then see it closed, and
+                    // dropping `threads` joins them instead of waiting forever.
+                    drop(queue);
+                    drop(threads);
+                    return Err(e);
+                }
             }
         }
         Ok(Self {
@@ -132,15 +137,19 @@ fn run_loop(engine: &Engine, jobs: &Mutex<mpsc::Receiver<Job>>, batching: Batchi
     let max_batch = batching.per_run();
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut inputs: Vec<f32> = Vec::with_capacity(max_batch * INPUT_LEN);
-    // `gather` fails only when every handle is gone: the service is shutting down.
-    while gather(
-        &crate::sync::lock(jobs),
-        &mut batch,
-        max_batch,
-        batching.wait,
-    )
-    .is_ok()
-    {
+    loop {
+        // The queue is unlocked at the end of this statement, before the batch runs, so
+        // another thread gathers the next one meanwhile.
+        let gathered = gather(
+            &crate::sync::lock(jobs),
+            &mut batch,
+            max_batch,
+            batching.wait,
+        );
+        // `gather` fails only when every handle is gone: the service is shutting down.
+        if gathered.is_err() {
+            return;
+        }
         metrics::gauge!(crate::metrics::INFERENCE_QUEUE).decrement(batch.len() as f64);
         // A caller that gave up (request cancelled) need not be computed.
         batch.retain(|job| !job.reply.is_closed());

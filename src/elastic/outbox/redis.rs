@@ -37,7 +37,6 @@
 //! logged once when it starts and once when it ends ([`Health`]). The connection reconnects by
 //! itself.
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{RedisResult, Script, Value};
@@ -186,14 +185,11 @@ impl RedisOutbox {
     /// On `conn` (which reconnects by itself), under `prefix`; every call gives up after
     /// `timeout`.
     pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> Self {
-        // Unique per outbox, not only per process (tests run several replicas in one).
-        static INSTANCES: AtomicU64 = AtomicU64::new(0);
-        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         Self {
             conn,
             base: format!("{prefix}:{{es}}:"),
             timeout,
-            token: format!("{:016x}-{instance}", crate::clock::process_seed()),
+            token: crate::redis_conn::instance_name().1,
             scripts: Scripts::new(),
             health: Health::new("redis (elasticsearch outbox)", None),
         }
