@@ -102,9 +102,15 @@ impl ClassifyService {
             .flight
             .get_or_compute_charged(url.as_str(), cold, move || async move {
                 let bytes = pipeline.download(&key).await?;
+                // Decoding starts beside the hash rather than after the content lookup: at c=1
+                // the second core does it meanwhile. If the content is cached after all, the
+                // decode was wasted, but the request was charged already: the download was the
+                // cost, whatever the content level finds.
+                let decoding = pipeline.start_decoding(bytes.clone());
                 let hash = content_hash(&bytes).await?;
-                // Charged already: the download was the cost, whatever the content level finds.
-                by_content(&flight, &pipeline, hash, bytes, std::future::ready(Ok(())))
+                drop(bytes);
+                let compute = move || async move { pipeline.classify_decoded(decoding).await };
+                by_content(&flight, hash, std::future::ready(Ok(())), compute)
                     .await
                     .map(|(c, _)| c)
             })
@@ -122,8 +128,10 @@ impl ClassifyService {
         cold: impl Future<Output = Result<(), ApiError>>,
     ) -> Result<Answer, ApiError> {
         let hash = content_hash(&bytes).await?;
-        let (classification, outcome) =
-            by_content(&self.inner.flight, &self.inner.pipeline, hash, bytes, cold).await?;
+        // Decoded only once charged (`cold`): a refused upload costs its hash, never a decode.
+        let pipeline = self.inner.pipeline.clone();
+        let compute = move || async move { pipeline.classify_bytes(bytes).await };
+        let (classification, outcome) = by_content(&self.inner.flight, hash, cold, compute).await?;
         Ok(self.finish(Subject::Upload(hash), classification, outcome, arrived))
     }
 
@@ -145,19 +153,19 @@ impl ClassifyService {
     }
 }
 
-/// The cached classification of these bytes, or the pipeline's (one inference per content).
-async fn by_content(
+/// The cached classification of these bytes, or `compute`'s (one inference per content).
+async fn by_content<F, Fut>(
     flight: &SingleFlight,
-    pipeline: &Pipeline,
     hash: ContentHash,
-    bytes: Bytes,
     cold: impl Future<Output = Result<(), ApiError>>,
-) -> Result<(Classification, CacheOutcome), ApiError> {
-    let pipeline = pipeline.clone();
+    compute: F,
+) -> Result<(Classification, CacheOutcome), ApiError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Classification, ApiError>> + Send + 'static,
+{
     let found = flight
-        .get_or_compute_charged(&hash.key(), cold, move || async move {
-            pipeline.classify_bytes(bytes).await
-        })
+        .get_or_compute_charged(&hash.key(), cold, compute)
         .await?;
     crate::metrics::count_outcome(crate::metrics::CONTENT_LOOKUPS, found.1.label());
     Ok(found)

@@ -411,7 +411,8 @@ async fn the_same_bytes_cost_one_inference_whatever_their_url_or_upload() {
             .body(body);
         async move { read_json(request.send().await.unwrap()).await }
     };
-    let inferences = || async {
+    // (inferences, decodes) so far.
+    let counts = || async {
         let text = client
             .get(server.url("/metrics"))
             .send()
@@ -420,7 +421,10 @@ async fn the_same_bytes_cost_one_inference_whatever_their_url_or_upload() {
             .text()
             .await
             .unwrap();
-        metric(&text, "classifier_inference_batch_size_sum")
+        (
+            metric(&text, "classifier_inference_batch_size_sum"),
+            metric(&text, "classifier_decode_seconds_count"),
+        )
     };
     // Two URLs serving the same bytes (cat.bmp), then those bytes uploaded.
     let mut answers = Vec::new();
@@ -437,14 +441,16 @@ async fn the_same_bytes_cost_one_inference_whatever_their_url_or_upload() {
         fixtures.hits("/delayed/a.bmp") + fixtures.hits("/delayed/b.bmp"),
         2
     );
-    assert_eq!(inferences().await, 1.0);
+    // A downloaded image is decoded beside its hash, before the content lookup, so b.bmp was
+    // decoded for nothing; an upload is decoded only after its lookup misses.
+    assert_eq!(counts().await, (1.0, 2.0));
     // Eight concurrent uploads of new bytes: one more inference (single flight by hash).
     let bird: Bytes = photo("bird.bmp").into();
     let uploads = (0..8).map(|_| classify(bird.clone(), "image/bmp"));
     for (status, body) in futures_util::future::join_all(uploads).await {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    assert_eq!(inferences().await, 2.0);
+    assert_eq!(counts().await, (2.0, 3.0));
 }
 
 /// An upload refused before its body was read says `Connection: close`: the rest of its body
