@@ -10,7 +10,8 @@ pub const MAX_TOP_K: usize = 20;
 /// next most likely classes (up to [`MAX_TOP_K`] in all), highest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {
-    pub label: String,
+    /// Shared like the runners-up: a cache hit clones a reference count, not the text.
+    pub label: Arc<str>,
     pub confidence: f32,
     /// Ranks 2.., shared: a cached result is cloned on every hit.
     pub runners_up: Arc<[Prediction]>,
@@ -25,7 +26,7 @@ pub struct Prediction {
 
 impl Classification {
     /// A result with no runners-up (what a one-class answer or an old cache entry holds).
-    pub fn top1(label: impl Into<String>, confidence: f32) -> Self {
+    pub fn top1(label: impl Into<Arc<str>>, confidence: f32) -> Self {
         Self {
             label: label.into(),
             confidence,
@@ -35,7 +36,7 @@ impl Classification {
 
     /// The `k` most likely classes, highest first, the first being the top-1 pair.
     pub fn predictions(&self, k: usize) -> impl Iterator<Item = (&str, f32)> {
-        std::iter::once((self.label.as_str(), self.confidence))
+        std::iter::once((&*self.label, self.confidence))
             .chain(self.runners_up.iter().map(|p| (&*p.label, p.confidence)))
             .take(k)
     }
@@ -169,43 +170,50 @@ impl Subject {
 /// The answer's wire form, which clients parse as openapi.yaml documents it (so it must not change
 /// shape): every value is a string, confidence and seconds with 3 decimals
 /// (`{"classification":"tabby","confidence":"0.554","processing_time":"4.731"}`). `predictions`
-/// is there only when the request asked for `top_k`.
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct ClassifyResponse {
-    pub classification: String,
-    pub confidence: String,
-    pub processing_time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predictions: Option<Vec<PredictionResponse>>,
+/// is there only when the request asked for `top_k`. Borrowed, and the numbers formatted as they
+/// are written: a cache hit's answer copies no label and allocates no text but the body.
+#[derive(Debug, serde::Serialize)]
+pub struct ClassifyResponse<'a> {
+    pub classification: &'a str,
+    pub confidence: Decimals3<f32>,
+    pub processing_time: Decimals3<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<PredictionResponse<'a>>>,
 }
 
 /// One entry of `predictions`, in the same string form as the top-level pair.
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct PredictionResponse {
-    pub classification: String,
-    pub confidence: String,
+#[derive(Debug, serde::Serialize)]
+pub struct PredictionResponse<'a> {
+    pub classification: &'a str,
+    pub confidence: Decimals3<f32>,
 }
 
-fn confidence_text(confidence: f32) -> String {
-    format!("{confidence:.3}")
+/// A number written as a JSON string with 3 decimals (`"0.554"`), straight into the output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decimals3<T>(pub T);
+
+impl<T: std::fmt::Display> serde::Serialize for Decimals3<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:.3}", self.0))
+    }
 }
 
-impl ClassifyResponse {
+impl<'a> ClassifyResponse<'a> {
     pub fn new(
-        classification: &Classification,
+        classification: &'a Classification,
         processing_time: std::time::Duration,
         top_k: Option<TopK>,
     ) -> Self {
         Self {
-            classification: classification.label.clone(),
-            confidence: confidence_text(classification.confidence),
-            processing_time: format!("{:.3}", processing_time.as_secs_f64()),
+            classification: &classification.label,
+            confidence: Decimals3(classification.confidence),
+            processing_time: Decimals3(processing_time.as_secs_f64()),
             predictions: top_k.map(|k| {
                 classification
                     .predictions(k.get())
                     .map(|(label, confidence)| PredictionResponse {
-                        classification: label.to_owned(),
-                        confidence: confidence_text(confidence),
+                        classification: label,
+                        confidence: Decimals3(confidence),
                     })
                     .collect()
             }),
@@ -347,10 +355,16 @@ mod tests {
         let all: Vec<_> = c.predictions(5).collect();
         assert_eq!(all, [("tabby", 0.5), ("tiger cat", 0.25)]);
         assert_eq!(c.predictions(1).count(), 1);
-        let body = ClassifyResponse::new(&c, std::time::Duration::ZERO, None);
-        assert_eq!(body.predictions, None);
+        let body = ClassifyResponse::new(&c, std::time::Duration::from_micros(4_730_600), None);
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"classification":"tabby","confidence":"0.500","processing_time":"4.731"}"#
+        );
         let body = ClassifyResponse::new(&c, std::time::Duration::ZERO, TopK::new(2).ok());
-        assert_eq!(body.predictions.unwrap()[1].confidence, "0.250");
+        assert_eq!(
+            serde_json::to_value(&body).unwrap()["predictions"][1],
+            serde_json::json!({"classification": "tiger cat", "confidence": "0.250"})
+        );
     }
 
     #[test]

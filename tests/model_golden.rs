@@ -136,7 +136,7 @@ async fn concurrent_requests_through_the_inference_thread_get_their_own_answers(
     for (case, answer) in cases.iter().zip(answers) {
         let (index, prob) = case.top5[0];
         assert_eq!(
-            answer.label,
+            &*answer.label,
             classifier.labels().get(index).unwrap(),
             "{}",
             case.name

@@ -591,7 +591,7 @@ mod tests {
         let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
         let (c, o) = result.unwrap().unwrap().unwrap();
         assert_eq!(
-            (c.label.as_str(), o),
+            (&*c.label, o),
             ("computed elsewhere", CacheOutcome::RemoteJoined)
         );
         assert_eq!(f.calls(), 0);

@@ -50,7 +50,7 @@ impl<B> std::fmt::Debug for ResultCache<B> {
 
 fn classification(entry: &CachedResult) -> Classification {
     Classification {
-        label: entry.label.to_string(),
+        label: Arc::clone(&entry.label),
         confidence: entry.confidence,
         runners_up: Arc::clone(&entry.runners_up),
     }
@@ -124,7 +124,7 @@ impl<B: CacheStore> ResultCache<B> {
     /// Caches a fresh result in both tiers for the TTL, from now.
     pub async fn insert(&self, key: &str, result: &Classification) {
         let entry = CachedResult {
-            label: Arc::from(result.label.as_str()),
+            label: Arc::clone(&result.label),
             confidence: result.confidence,
             runners_up: Arc::clone(&result.runners_up),
             expires_at_ms: self.now_ms().saturating_add(self.inner.ttl_ms),

@@ -217,7 +217,7 @@ async fn promotion_keeps_expiry<B: StorageBackend>(make: Make<B>) {
     assert_eq!(h.storage.backend().get("k").await.unwrap(), Some(entry));
     let cache = h.storage.cache();
     assert_eq!(cache.memory_get("k"), None);
-    assert_eq!(cache.backend_get("k").await.unwrap().label, "old");
+    assert_eq!(&*cache.backend_get("k").await.unwrap().label, "old");
     // Promoted with the stored expiry, not a fresh TTL.
     assert!(cache.memory_get("k").is_some());
     h.clock.advance(ms(1000));

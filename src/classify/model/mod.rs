@@ -133,7 +133,7 @@ impl Classifier {
         let mut ranked = order.into_iter().map(|i| (label(i), probs[i]));
         let (top_label, confidence) = ranked.next().unwrap_or(("unknown", 0.0));
         Classification {
-            label: top_label.to_owned(),
+            label: Arc::from(top_label),
             confidence,
             runners_up: ranked
                 .map(|(label, confidence)| Prediction {
