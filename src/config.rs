@@ -424,14 +424,12 @@ pub struct Settings {
     #[arg(long, env = "CLASSIFIER_LABELS", global = true)]
     pub labels: Option<PathBuf>,
 
-    /// TensorFlow intra-op threads (0: TensorFlow's default, one per core).
-    #[arg(
-        long,
-        env = "CLASSIFIER_INTRA_OP_THREADS",
-        default_value_t = 0,
-        global = true
-    )]
-    pub intra_op_threads: u32,
+    /// TensorFlow intra-op threads (0: TensorFlow's default, one per core). Unset: 1 when
+    /// there are several inference threads (they already keep one session run per core; a
+    /// run whose ops were also split over the cores waited for its slower half whenever a
+    /// decode, the HTTP or the other run held a core), else TensorFlow's default.
+    #[arg(long, env = "CLASSIFIER_INTRA_OP_THREADS", global = true)]
+    pub intra_op_threads: Option<u32>,
 
     /// TensorFlow inter-op threads (0: TensorFlow's default).
     #[arg(
