@@ -3,11 +3,21 @@
 //! - decode + resize per photo size, and with `--jpeg-dct-scaling` for the two largest JPEGs;
 //! - JPEG decode alone, libjpeg-turbo (the service's) against zune-jpeg through the image crate
 //!   (the service's decoder before it), alternating in one run;
-//! - end to end over loopback against the release binary in a process of its own (a new URL per
-//!   request serving new bytes, so nothing is cached by URL or by content) at concurrency 1 and 8, and uploads (raw body, new bytes each) at c=1, in
-//!   rounds that alternate with their anchors: the c=1 p50s over (model batch-1 + decode/resize
-//!   of cat.bmp), and the c=8 throughput over model-only batch-8 throughput;
+//! - end to end over loopback against the release binary in a process of its own (a new URL
+//!   per request serving new bytes, so nothing is cached by URL or by content) at concurrency 1
+//!   and 8, and uploads (raw body, new bytes each) at c=1, in rounds that alternate with their
+//!   anchors: the c=1 p50s over (model batch-1 + decode/resize of cat.bmp), and the c=8
+//!   throughput over model-only batch-8 throughput;
 //! - SHA-256 (the content cache's key) per MiB.
+/// The API tests' `classifier-api serve` process: the end-to-end rounds load the release binary
+/// in a process of its own, not an `Application` in this one, where TensorFlow's thread pool is
+/// process-wide and sized by the first session (the anchors'), so the server's own thread
+/// settings never showed. Only part of the module is used here; the server's log lines wait in
+/// its channel unread (a few hundred KB over a run).
+#[path = "../tests/api/process.rs"]
+#[allow(dead_code)]
+mod process;
+
 use classifier_api::classify::image::{self, DecodeLimits, PreprocessOptions, ResizeFilter};
 use classifier_api::classify::model::{Engine, ModelSource, Threads, INPUT_LEN};
 use classifier_api::domain::ContentHash;
@@ -289,56 +299,6 @@ async fn end_to_end(
     (p50, p99, rate)
 }
 
-/// The release binary serving on a free port, as `classifier-api serve` runs: a process of its
-/// own, not an `Application` in this one, where TensorFlow's thread pool is process-wide and
-/// sized by the first session (the anchors'), so the server's own thread settings never showed.
-struct Server {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_classifier-api"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-private-networks",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("TF_CPP_MIN_LOG_LEVEL", "3")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the classifier-api binary");
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Read to the end: a full pipe would stall the server's log writer.
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
-                // "... ready, listening on http://127.0.0.1:PORT addr=127.0.0.1:PORT"
-                if let Some((_, rest)) = line.split_once("listening on http://") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .expect("the server says where it listens");
-        Self { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Rounds in which the anchors and the end-to-end runs alternate: on a shared machine a slower
 /// minute then moves both sides of a ratio alike, and the median round is reported.
 struct Anchored {
@@ -397,7 +357,8 @@ fn main() {
     content_hash();
     let anchors = Anchored::new();
     let data_dir = tempfile::tempdir().unwrap();
-    let server = Server::start(data_dir.path());
+    let server = process::start_server_env(data_dir.path(), &[], &[("TF_CPP_MIN_LOG_LEVEL", "3")])
+        .expect("start the classifier-api binary");
     let addr = server.addr.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -108,6 +108,7 @@ impl ClassifyService {
                 // cost, whatever the content level finds.
                 let decoding = pipeline.start_decoding(bytes.clone());
                 let hash = content_hash(&bytes).await?;
+                // The decode holds its own reference; the download need not wait for inference.
                 drop(bytes);
                 let compute = move || async move { pipeline.classify_decoded(decoding).await };
                 by_content(&flight, hash, std::future::ready(Ok(())), compute)
