@@ -22,6 +22,14 @@ fn main() -> ExitCode {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "2");
     }
     let cli = Cli::parse();
+    if cli.settings.lone_request_session
+        && std::env::var_os("TF_OVERRIDE_GLOBAL_THREADPOOL").is_none()
+    {
+        // Still before any thread: each TensorFlow session then gets an intra-op pool of its
+        // own, which the lone-request session needs to run wider than the shared one (see
+        // `classify::model::Threads::own_pools`).
+        std::env::set_var("TF_OVERRIDE_GLOBAL_THREADPOOL", "1");
+    }
     let log = telemetry::init(cli.settings.log_format);
     if !lean_mimalloc {
         tracing::warn!(

@@ -448,6 +448,8 @@ fn model_config(settings: &Settings) -> ModelConfig {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
+    // With one inference thread every run is alone already.
+    let lone_session = settings.lone_request_session && inference_threads > 1;
     ModelConfig {
         source,
         labels: settings.labels.clone(),
@@ -458,7 +460,13 @@ fn model_config(settings: &Settings) -> ModelConfig {
                 .intra_op_threads
                 .unwrap_or(if inference_threads > 1 { 1 } else { 0 }),
             inter_op: settings.inter_op_threads,
+            own_pools: lone_session,
         },
+        lone: lone_session.then_some(Threads {
+            intra_op: 0,
+            inter_op: settings.inter_op_threads,
+            own_pools: true,
+        }),
         batching: Batching {
             max_batch: settings.max_batch.max(1),
             wait: settings.batch_wait.into(),
@@ -472,6 +480,30 @@ fn model_config(settings: &Settings) -> ModelConfig {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_lone_request_session_only_beside_several_inference_threads() {
+        let lone = |args: &[&str]| {
+            let cli =
+                crate::cli::Cli::try_parse_from([&["classifier-api"], args].concat()).unwrap();
+            let config = model_config(&cli.settings);
+            (config.threads.own_pools, config.lone)
+        };
+        assert_eq!(lone(&["--inference-threads", "2"]), (false, None));
+        let every_core = Threads {
+            intra_op: 0,
+            inter_op: 0,
+            own_pools: true,
+        };
+        assert_eq!(
+            lone(&["--inference-threads", "2", "--lone-request-session"]),
+            (true, Some(every_core))
+        );
+        assert_eq!(
+            lone(&["--inference-threads", "1", "--lone-request-session"]),
+            (false, None)
+        );
+    }
 
     fn threads(args: &[&str]) -> (u32, usize) {
         let cli = crate::cli::Cli::try_parse_from([&["classifier-api"], args].concat()).unwrap();

@@ -112,12 +112,12 @@ fn a_batch_gives_each_image_its_own_result() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_through_the_inference_thread_get_their_own_answers() {
-    let classifier = Classifier::load(&ModelConfig {
+fn two_inference_threads(threads: Threads, lone: Option<Threads>) -> Classifier {
+    Classifier::load(&ModelConfig {
         source: ModelSource::EmbeddedFrozenGraph,
         labels: None,
-        threads: Threads::default(),
+        threads,
+        lone,
         batching: Batching {
             max_batch: 8,
             wait: std::time::Duration::from_millis(5),
@@ -125,14 +125,56 @@ async fn concurrent_requests_through_the_inference_thread_get_their_own_answers(
             threads: 2,
         },
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_the_inference_thread_get_their_own_answers() {
+    let classifier = two_inference_threads(Threads::default(), None);
     let cases = golden_cases("golden.json");
-    let answers = futures_util::future::join_all(cases.iter().map(|case| {
+    let answers = all_at_once(&classifier, &cases).await;
+    assert_golden(&classifier, &cases, answers);
+}
+
+/// One request at a time runs on the lone-request session, many at once on the shared one:
+/// both answer as the reference does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lone_request_session_answers_as_the_shared_one() {
+    let own = |intra_op| Threads {
+        intra_op,
+        inter_op: 0,
+        own_pools: true,
+    };
+    let classifier = two_inference_threads(own(1), Some(own(0)));
+    let cases = golden_cases("golden.json");
+    let mut one_by_one = Vec::new();
+    for case in &cases {
+        let input = case.input.clone().into_boxed_slice();
+        one_by_one.push(classifier.classify(input).await.unwrap());
+    }
+    assert_golden(&classifier, &cases, one_by_one);
+    let together = all_at_once(&classifier, &cases).await;
+    assert_golden(&classifier, &cases, together);
+}
+
+async fn all_at_once(
+    classifier: &Classifier,
+    cases: &[Case],
+) -> Vec<classifier_api::domain::Classification> {
+    futures_util::future::join_all(cases.iter().map(|case| {
         let classifier = classifier.clone();
         let input = case.input.clone().into_boxed_slice();
         async move { classifier.classify(input).await.unwrap() }
     }))
-    .await;
+    .await
+}
+
+fn assert_golden(
+    classifier: &Classifier,
+    cases: &[Case],
+    answers: Vec<classifier_api::domain::Classification>,
+) {
+    assert_eq!(answers.len(), cases.len());
     for (case, answer) in cases.iter().zip(answers) {
         let (index, prob) = case.top5[0];
         assert_eq!(
@@ -154,6 +196,7 @@ fn wrong_label_count_is_refused_at_load() {
         source: ModelSource::EmbeddedFrozenGraph,
         labels: Some(labels),
         threads: Threads::default(),
+        lone: None,
         batching: Batching {
             max_batch: 1,
             wait: std::time::Duration::ZERO,

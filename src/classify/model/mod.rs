@@ -23,6 +23,9 @@ pub struct ModelConfig {
     /// model on disk ([`ModelSource::labels_beside`]), else the embedded one.
     pub labels: Option<PathBuf>,
     pub threads: Threads,
+    /// `--lone-request-session`: the threads of a second session for a request that runs
+    /// alone (see `worker.rs`); `None`, the default, loads only the shared one.
+    pub lone: Option<Threads>,
     pub batching: Batching,
 }
 
@@ -72,35 +75,31 @@ impl Classifier {
         let labels = read_labels(labels_path.as_ref())?;
         let loaded = started.elapsed();
         let max_batch = config.batching.per_run();
-        let mut warm_sizes = vec![1];
-        if max_batch > 1 {
-            warm_sizes.push(max_batch);
-        }
-        for n in warm_sizes {
-            let (_, classes) = engine.run(&vec![0.0; n * INPUT_LEN], n)?;
-            if classes != labels.len() {
-                return Err(ModelError::LabelCount {
-                    classes,
-                    labels: labels.len(),
-                });
+        warm_up(&engine, &[1, max_batch], labels.len())?;
+        // The lone session only ever runs one image.
+        let lone = match config.lone {
+            Some(threads) => {
+                let lone = Engine::load(&config.source, threads)?;
+                warm_up(&lone, &[1], labels.len())?;
+                Some(lone)
             }
-            // The first run optimises the graph through copies of it (~100 MiB, then freed);
-            // give that back before the larger batch grows TensorFlow's tensor pool.
-            crate::rss::trim_heap();
-        }
+            None => None,
+        };
         // What the memory work above achieved, for operators sizing containers (0 off Linux).
         let (rss_kib, peak_rss_kib) = crate::rss::resident_kib().unwrap_or_default();
         tracing::info!(
             source = ?config.source,
             labels = %labels_path.as_ref().map_or("(embedded)".into(), |p| p.display().to_string()),
             classes = labels.len(),
+            lone_request_session = lone.is_some(),
             load_ms = loaded.as_millis() as u64,
             warmup_ms = (started.elapsed() - loaded).as_millis() as u64,
             rss_kib,
             peak_rss_kib,
             "model ready"
         );
-        let handle = InferenceHandle::spawn(engine, config.batching).map_err(ModelError::Thread)?;
+        let handle =
+            InferenceHandle::spawn(engine, lone, config.batching).map_err(ModelError::Thread)?;
         Ok(Self {
             handle,
             labels: Arc::new(labels),
@@ -147,6 +146,26 @@ impl Classifier {
     pub fn labels(&self) -> &Labels {
         &self.labels
     }
+}
+
+/// Runs `engine` once per batch size (each size once) and checks its output width against
+/// the labels.
+fn warm_up(engine: &Engine, sizes: &[usize], labels: usize) -> Result<(), ModelError> {
+    let mut done = Vec::new();
+    for &n in sizes {
+        if done.contains(&n) {
+            continue;
+        }
+        done.push(n);
+        let (_, classes) = engine.run(&vec![0.0; n * INPUT_LEN], n)?;
+        if classes != labels {
+            return Err(ModelError::LabelCount { classes, labels });
+        }
+        // The first run optimises the graph through copies of it (~100 MiB, then freed);
+        // give that back before the larger batch grows TensorFlow's tensor pool.
+        crate::rss::trim_heap();
+    }
+    Ok(())
 }
 
 fn read_labels(path: Option<&PathBuf>) -> Result<Labels, ModelError> {
