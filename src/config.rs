@@ -452,8 +452,8 @@ pub struct Settings {
 
     /// A second TensorFlow session whose operations use every core, for a request that runs
     /// alone: with several inference threads each run gets one core, which costs a lone
-    /// request about 1 ms. Off by default: the second session costs about 90 MiB of memory
-    /// (peak RSS 370 -> 490 MiB).
+    /// request about 1 ms. Off by default: the second session costs about 95 MiB of memory
+    /// (peak RSS 345-372 -> 497-500 MiB).
     #[arg(
         long,
         env = "CLASSIFIER_LONE_REQUEST_SESSION",

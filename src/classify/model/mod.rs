@@ -75,12 +75,12 @@ impl Classifier {
         let labels = read_labels(labels_path.as_ref())?;
         let loaded = started.elapsed();
         let max_batch = config.batching.per_run();
-        warm_up(&engine, &[1, max_batch], labels.len())?;
-        // The lone session only ever runs one image.
+        warm_up(&engine, max_batch, labels.len())?;
         let lone = match config.lone {
             Some(threads) => {
                 let lone = Engine::load(&config.source, threads)?;
-                warm_up(&lone, &[1], labels.len())?;
+                // It only ever runs one image.
+                warm_up(&lone, 1, labels.len())?;
                 Some(lone)
             }
             None => None,
@@ -148,15 +148,11 @@ impl Classifier {
     }
 }
 
-/// Runs `engine` once per batch size (each size once) and checks its output width against
-/// the labels.
-fn warm_up(engine: &Engine, sizes: &[usize], labels: usize) -> Result<(), ModelError> {
-    let mut done = Vec::new();
+/// Runs `engine` at batch 1 and at `max_batch`, and checks its output width against the
+/// labels.
+fn warm_up(engine: &Engine, max_batch: usize, labels: usize) -> Result<(), ModelError> {
+    let sizes: &[usize] = if max_batch > 1 { &[1, max_batch] } else { &[1] };
     for &n in sizes {
-        if done.contains(&n) {
-            continue;
-        }
-        done.push(n);
         let (_, classes) = engine.run(&vec![0.0; n * INPUT_LEN], n)?;
         if classes != labels {
             return Err(ModelError::LabelCount { classes, labels });

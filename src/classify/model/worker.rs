@@ -98,15 +98,15 @@ struct Engines {
 }
 
 impl Engines {
-    /// Starts a run of `n` images on the session that suits it; the run counts as under way
-    /// until the guard drops.
-    fn start(&self, n: usize) -> (&Engine, RunGuard<'_>) {
+    /// Runs `n` images on the session that suits them, counted as under way meanwhile.
+    fn run(&self, inputs: &[f32], n: usize) -> Result<(Vec<f32>, usize), EngineError> {
         let others = self.running.fetch_add(1, Ordering::SeqCst);
-        let engine = match &self.lone {
-            Some(lone) if runs_alone(n, others) => lone,
-            _ => &self.shared,
-        };
-        (engine, RunGuard(&self.running))
+        // Counted down even if the run panics, so the lone session is not lost with it.
+        let _under_way = RunGuard(&self.running);
+        match &self.lone {
+            Some(lone) if runs_alone(n, others) => lone.run(inputs, n),
+            _ => self.shared.run(inputs, n),
+        }
     }
 }
 
@@ -214,9 +214,7 @@ fn run_loop(engines: &Engines, jobs: &Mutex<mpsc::Receiver<Job>>, batching: Batc
         let n = batch.len();
         metrics::histogram!(crate::metrics::INFERENCE_BATCH).record(n as f64);
         let started = Instant::now();
-        let (engine, run) = engines.start(n);
-        let result = engine.run(&inputs, n);
-        drop(run);
+        let result = engines.run(&inputs, n);
         let elapsed = started.elapsed();
         match result {
             Ok((probs, classes)) => {
